@@ -1,0 +1,145 @@
+"""Fake quantizers with the straight-through estimator (SSPS_SPEC.md §2).
+
+Small functional kernels, no ``nn.Module``: the search cell (``cell.py``) owns the step sizes
+and calls these. Formula (LSQ, Esser et al., ICLR 2020)::
+
+    x_q = clamp(round(x / scale), quant_min, quant_max) * scale
+
+``round`` passes its gradient straight through (STE); ``clamp`` passes it only inside
+``[quant_min, quant_max]``. The scale gets the LSQ gradient, multiplied by ``grad_factor``.
+Bit-width 32 means "not quantized" and returns the input unchanged.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+FLOAT_BITS = 32
+
+
+def check_bits(bits: int) -> int:
+    """Return ``bits`` if it is an integer in 1..32, else raise ``CandidateError``."""
+    from .errors import CandidateError
+
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= FLOAT_BITS:
+        raise CandidateError(f"bit-width {bits!r} is not an integer in 1..32")
+    return bits
+
+
+def weight_qrange(bits: int) -> tuple[int, int]:
+    """Signed symmetric integer range of a ``bits``-bit weight: ``(-(2^(b-1) - 1), 2^(b-1) - 1)``.
+
+    >>> weight_qrange(4)
+    (-7, 7)
+    """
+    q_max = 2 ** (bits - 1) - 1
+    if q_max < 1:
+        raise ValueError(f"weights need at least 2 bits for a symmetric range, got {bits}")
+    return -q_max, q_max
+
+
+def activation_qrange(bits: int, signed: bool) -> tuple[int, int]:
+    """Integer range of a ``bits``-bit activation.
+
+    Unsigned: ``(0, 2^b - 1)``; signed: ``(-2^(b-1), 2^(b-1) - 1)``.
+
+    >>> activation_qrange(4, signed=False), activation_qrange(4, signed=True)
+    ((0, 15), (-8, 7))
+    """
+    if signed:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round to nearest, with the identity as gradient (straight-through estimator)."""
+    return (x.round() - x).detach() + x
+
+
+def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Return ``x`` unchanged in the forward pass; multiply its gradient by ``factor``."""
+    y = x * factor
+    return (x - y).detach() + y
+
+
+def fake_quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    quant_min: int,
+    quant_max: int,
+    grad_factor: float = 1.0,
+) -> torch.Tensor:
+    """LSQ fake quantization: ``clamp(round(x / scale), quant_min, quant_max) * scale``.
+
+    Args:
+        x: tensor of any shape.
+        scale: step size, broadcastable to ``x`` (a scalar per tensor, or ``(C, 1, ...)`` per
+            channel); positive.
+        quant_min, quant_max: the integer range.
+        grad_factor: multiplies the gradient reaching ``scale`` (LSQ: ``1/sqrt(numel*q_max)``).
+
+    Returns:
+        Tensor shaped like ``x`` whose values are integer multiples of ``scale`` within range.
+        Gradient to ``x`` is 1 inside the clipping range and 0 outside it.
+
+    >>> fake_quantize(torch.tensor([-1.0, 0.26, 0.9]), torch.tensor(0.25), 0, 3)
+    tensor([0.0000, 0.2500, 0.7500])
+    """
+    s = scale_grad(scale, grad_factor)
+    return torch.clamp(round_ste(x / s), quant_min, quant_max) * s
+
+
+def quantize_weight(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric signed per-output-channel fake quantization of a weight (SSPS_SPEC §2).
+
+    Args:
+        w: weight, ``(C_out, ...)`` (Conv2d ``(C_out, C_in/groups, kH, kW)``, Linear ``(out, in)``).
+        scale: per-channel step size, shape ``(C_out,)``.
+        bits: bit-width; 32 returns ``w`` unchanged.
+
+    Returns:
+        Tensor shaped like ``w`` with at most ``2^b - 1`` distinct values per output channel.
+    """
+    if bits >= FLOAT_BITS:
+        return w
+    q_min, q_max = weight_qrange(bits)
+    factor = 1.0 / math.sqrt(w[0].numel() * q_max)
+    view = scale.reshape(-1, *([1] * (w.dim() - 1)))
+    return fake_quantize(w, view, q_min, q_max, factor)
+
+
+def quantize_activation(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+    """Per-tensor fake quantization of a layer input (SSPS_SPEC §2).
+
+    Args:
+        x: input of any shape, e.g. ``(N, C, H, W)``.
+        scale: scalar step size (0-dim tensor).
+        bits: bit-width; 32 returns ``x`` unchanged.
+        signed: signed range if the calibration saw negative values, else unsigned.
+
+    Returns:
+        Tensor shaped like ``x`` with at most ``2^b`` distinct values.
+    """
+    if bits >= FLOAT_BITS:
+        return x
+    q_min, q_max = activation_qrange(bits, signed)
+    factor = 1.0 / math.sqrt(x.numel() * max(q_max, 1))
+    return fake_quantize(x, scale, q_min, q_max, factor)
+
+
+def init_weight_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """LSQ initial step size per output channel: ``2 * mean(|w|) / sqrt(q_max)``; shape ``(C_out,)``."""
+    if bits >= FLOAT_BITS:
+        return torch.ones(w.shape[0], dtype=w.dtype, device=w.device)
+    q_max = weight_qrange(bits)[1]
+    mean_abs = w.detach().abs().flatten(1).mean(1)
+    return (2 * mean_abs / math.sqrt(q_max)).clamp_min(1e-8)
+
+
+def init_activation_scale(mean_abs: float, bits: int, signed: bool) -> float:
+    """LSQ initial step size of an activation: ``2 * mean(|x|) / sqrt(q_max)``."""
+    if bits >= FLOAT_BITS:
+        return 1.0
+    q_max = activation_qrange(bits, signed)[1]
+    return max(2 * mean_abs / math.sqrt(q_max), 1e-8)
