@@ -154,11 +154,15 @@ class QuantCellMixin:
 
         Args:
             stats: ``[sum |x|, numel, min x]``; default: what :meth:`calibration_stats` recorded.
-                A driver all-reduces them first under data parallel training.
+                A driver all-reduces them first under data parallel training. With ``numel`` 0
+                nothing is initialised (``initialized`` stays 0: the first forward does it).
         """
         stats = self.calibration_stats() if stats is None else stats
         if stats is None:
             raise RuntimeError("init_scales needs calibration statistics: run a forward while calibrating")
+        if float(stats[1]) <= 0:  # the calibration never reached this layer: init from its first batch
+            self._calib = None
+            return
         mean_abs = float(stats[0] / max(float(stats[1]), 1.0))
         signed = bool(float(stats[2]) < 0)
         self.a_signed.fill_(int(signed))

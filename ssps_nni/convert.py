@@ -277,6 +277,9 @@ def convert_model(
     w_c = check_candidates(w_candidates, "weight")
     a_c = check_candidates(w_c if a_candidates is None else a_candidates, "activation")
     searched, pins = select_layers(model, include, exclude, pinned, pinned_bits)
+    for name, (w, _) in pins.items():  # before any layer is replaced
+        if w < 2:
+            raise CandidateError(f"pinned weight bits of {name!r} must be 2..32, got {w}")
     sampler = PathSampler(len(searched), w_c, a_c, tau=tau, seed=seed)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     for p in sampler.parameters():
@@ -287,8 +290,6 @@ def convert_model(
         layer = model.get_submodule(name)
         if name in pins:
             w, a = pins[name]
-            if w < 2:
-                raise CandidateError(f"pinned weight bits of {name!r} must be 2..32, got {w}")
             cell = wrap_layer(layer, (w,), (a,))
         else:
             cell = wrap_layer(layer, w_c, a_c)

@@ -265,16 +265,23 @@ class SpaceCost:
         return sum(self.model.layer_cost(self.profiles[n], w_bits, a_bits) for n in self.searched) + self.pinned_cost
 
     def references(self) -> dict[str, float]:
-        """FP32 (every converted layer at 32/32), W8A8, all-minimum and all-maximum."""
-        fp32 = sum(self.model.layer_cost(p, FLOAT_BITS, FLOAT_BITS) for p in self.profiles.values())
+        """FP32 (every converted layer at 32/32), W8A8, all-minimum and all-maximum.
+
+        A LUT with no entry for 32/32 or 8/8 bits leaves ``fp32`` or ``w8a8`` out.
+        """
+        refs = {}
+        for key, price in (
+            ("fp32", lambda: sum(self.model.layer_cost(p, FLOAT_BITS, FLOAT_BITS) for p in self.profiles.values())),
+            ("w8a8", lambda: self.uniform(8, 8)),
+        ):
+            try:
+                refs[key] = price()
+            except BudgetError:  # a LUT that does not price these bits
+                pass
         masks = {s: torch.ones(len(self.searched), len(c), dtype=torch.bool) for s, c in self.candidates.items()}
-        highest = float(self.table.flatten(1).max(1).values.sum()) + self.pinned_cost
-        return {
-            "fp32": fp32,
-            "w8a8": self.uniform(8, 8),
-            "min": self.cheapest(masks["w"], masks["a"]),
-            "max": highest,
-        }
+        refs["min"] = self.cheapest(masks["w"], masks["a"])
+        refs["max"] = float(self.table.flatten(1).max(1).values.sum()) + self.pinned_cost
+        return refs
 
 
 _SCALE = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}

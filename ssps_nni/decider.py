@@ -34,7 +34,7 @@ def certainty(probs: torch.Tensor, measure: Certainty = "max_prob") -> torch.Ten
     ``p_(1) - p_(2)``. Zero-probability (pruned) candidates are ignored.
 
     >>> certainty(torch.tensor([[0.7, 0.2, 0.1]]), 'margin')
-    tensor([0.5000])
+    tensor([0.5000], dtype=torch.float64)
     """
     probs = probs.detach().double()
     if measure == "max_prob":
@@ -114,10 +114,14 @@ class SequentialDecider:
             if low > c.target * (1 + _TOL):
                 refs = c.cost.references()
                 fmt = c.cost.model.format
+
+                def ref(key):
+                    return fmt(refs[key]) if key in refs else "n/a"
+
                 raise BudgetError(
                     f"budget {c.spec or c.cost.name} = {fmt(c.target)} is unreachable: the cheapest policy "
-                    f"costs {fmt(low)}. Reachable range: {fmt(refs['min'])} (all-minimum) to "
-                    f"{fmt(refs['max'])} (all-maximum); W8A8 = {fmt(refs['w8a8'])}, FP32 = {fmt(refs['fp32'])}"
+                    f"costs {fmt(low)}. Reachable range: {ref('min')} (all-minimum) to "
+                    f"{ref('max')} (all-maximum); W8A8 = {ref('w8a8')}, FP32 = {ref('fp32')}"
                 )
 
     # -- state -------------------------------------------------------------------------------
@@ -156,8 +160,11 @@ class SequentialDecider:
         return self.space.num_decided == self.space.num_decisions
 
     def is_due(self, step: int) -> bool:
+        """True every ``interval`` steps after warm-up, and at ``total_steps`` so the schedule ends on time."""
         cfg = self.config
-        return step > cfg.warmup_steps and (step - cfg.warmup_steps) % cfg.interval == 0
+        return step > cfg.warmup_steps and (
+            (step - cfg.warmup_steps) % cfg.interval == 0 or step == cfg.total_steps
+        )
 
     # -- decisions ---------------------------------------------------------------------------
 

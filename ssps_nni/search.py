@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from .cell import CELL_TYPES
-from .convert import DEFAULT_CANDIDATES, DEFAULT_PINNED_BITS, convert_model
+from .convert import DEFAULT_CANDIDATES, DEFAULT_PINNED_BITS, SearchSpace, convert_model
 from .cost import SpaceCost, build_cost_model, parse_budgets, profile_layers
 from .decider import Constraint, DeciderConfig, SequentialDecider
 from .penalty import ConstraintLoss
@@ -108,20 +108,27 @@ class SSPSSearch:
     Args:
         model: plain float model; converted in place (``self.space.model is model``).
         config: :class:`SearchConfig` or a dict of its fields.
+        space: a :class:`~ssps_nni.convert.SearchSpace` over ``model`` that a driver already
+            built (e.g. NNI's mutation hooks made the cells); then ``model`` is not converted and
+            the config's candidates, include, exclude and pinned options are not used.
 
     Raises (before any training step):
         CandidateError, NoQuantizableLayersError, BudgetError, UnknownCostError, ValueError.
         :meth:`prepare` raises ``BudgetError`` for an unreachable budget.
     """
 
-    def __init__(self, model: torch.nn.Module, config: SearchConfig | dict):
+    def __init__(self, model: torch.nn.Module, config: SearchConfig | dict, space: SearchSpace | None = None):
         self.config = config if isinstance(config, SearchConfig) else SearchConfig.from_dict(dict(config))
         cfg = self.config
         self.cost_models = {b.cost: build_cost_model(b.cost, **cfg.cost_options.get(b.cost, {})) for b in cfg.budgets}
-        self.space = convert_model(
-            model, cfg.candidates, cfg.a_candidates, include=cfg.include, exclude=cfg.exclude,
-            pinned=cfg.pinned, pinned_bits=cfg.pinned_bits, tau=cfg.tau_max, seed=cfg.seed,
-        )
+        if space is None:
+            space = convert_model(
+                model, cfg.candidates, cfg.a_candidates, include=cfg.include, exclude=cfg.exclude,
+                pinned=cfg.pinned, pinned_bits=cfg.pinned_bits, tau=cfg.tau_max, seed=cfg.seed,
+            )
+        elif space.model is not model:
+            raise ValueError("space.model must be the model given to SSPSSearch")
+        self.space = space
         self.excluded = [n for n, m in model.named_modules() if n and type(m) in CELL_TYPES]
         self.temperature = TemperatureSchedule(cfg.tau_max, cfg.tau_min, cfg.total_steps - cfg.warmup_steps)
         self.logits_optimizer = torch.optim.Adam(
@@ -214,7 +221,7 @@ class SSPSSearch:
         """
         expected = self.expected_costs()
         if self.in_warmup:
-            details = {f"ratio/{k}": float(v) / self.targets[k] for k, v in expected.items()}
+            details = {f"ratio/{k}": float(v.detach()) / self.targets[k] for k, v in expected.items()}
             return torch.zeros((), device=task_loss.device), details
         return self.config.constraint_loss.extra(task_loss, expected, self.targets)
 

@@ -1,0 +1,190 @@
+"""One search end to end, resume and bad input (ssps_nni/search.py, SSPS_SPEC §3-§8)."""
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssps_nni.errors import BudgetError, CandidateError, NoQuantizableLayersError, UnknownCostError
+from ssps_nni.policy import apply_policy, load_policy
+from ssps_nni.search import SearchConfig, SSPSSearch
+from tiny_models import HandNet, hand_input, tensors_equal
+
+CONFIG = dict(budget="bitops=W4A4", candidates=(2, 4, 8), total_steps=8, warmup_steps=2, interval=2,
+              threshold=0.95, logits_lr=0.05, seed=3)
+
+
+def batch(step: int):
+    gen = torch.Generator().manual_seed(1000 + step)
+    return torch.randn(4, 3, 8, 8, generator=gen), torch.randint(0, 10, (4,), generator=gen)
+
+
+def new_search(config=None, calibrate=True):
+    torch.manual_seed(0)
+    model = HandNet()
+    search = SSPSSearch(model, dict(CONFIG, **(config or {})))
+    search.prepare(lambda: model(hand_input(4)), num_samples=4, calibrate=calibrate)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    return model, search, optimizer
+
+
+def train(model, search, optimizer, start: int, stop: int) -> list[list[str]]:
+    model.train()
+    fixed = []
+    for step in range(start, stop):
+        search.begin_step(step)
+        x, y = batch(step)
+        loss = F.cross_entropy(model(x), y)
+        extra, _ = search.loss_term(loss)
+        optimizer.zero_grad()
+        (loss + extra).backward()
+        optimizer.step()
+        search.step_logits()
+        fixed.append(search.end_step(step + 1))
+    return fixed
+
+
+def test_search_end_to_end(tmp_path):
+    model, search, optimizer = new_search()
+    assert search.targets == {"bitops": 447488 + (576 + 512) * 16}  # conv1, fc pinned at W8A8
+    logits_ids = {id(p) for p in search.space.sampler.parameters()}
+    assert not any(id(p) in logits_ids for p in model.parameters())
+    fixed = train(model, search, optimizer, 0, 8)
+    assert fixed[0] == fixed[1] == []  # warm-up
+    assert search.done
+    policy = search.finish()
+    totals = policy.meta["totals"]["bitops"]
+    assert totals["policy"] <= totals["target"]
+    assert set(totals["references"]) == {"fp32", "w8a8", "min", "max"}
+    assert policy.meta["num_decided"] == policy.meta["num_decisions"] == 4
+    assert policy.layers["conv1"] == {"w_bits": 8, "a_bits": 8, "pinned": True, "certainty": None,
+                                      "decided_at": None}
+    assert all(policy.layers[n]["decided_at"] in (4, 6, 8) for n in ("dw", "conv2"))
+    path = policy.save(tmp_path / "policy.json")
+    fresh = HandNet()
+    cells = apply_policy(fresh, load_policy(path))
+    assert {n: c.bits() for n, c in cells.items()} == policy.bits()
+    stats = search.stats()
+    assert stats["num_decided"] == 4
+    assert stats["tau"] == pytest.approx(5.0 * 0.1 ** (5 / 6))  # set by begin_step(7): 5 of 6 search steps
+    assert stats["ratio/bitops"] == pytest.approx(totals["policy"] / totals["target"])
+
+
+def test_warmup_freezes_logits_and_samples_uniformly():
+    model, search, optimizer = new_search()
+    search.begin_step(0)
+    assert search.in_warmup and search.space.sampler.uniform and search.space.sampler.tau == 5.0
+    loss = F.cross_entropy(model(batch(0)[0]), batch(0)[1])
+    extra, details = search.loss_term(loss)
+    assert float(extra) == 0.0 and extra.grad_fn is None and "ratio/bitops" in details
+    loss.backward()
+    search.step_logits()
+    assert all(torch.equal(p, torch.zeros_like(p)) for p in search.space.sampler.parameters())
+    search.begin_step(2)
+    assert not search.in_warmup and not search.space.sampler.uniform
+    search.begin_step(5)
+    assert search.space.sampler.tau == pytest.approx(5.0 * 0.1 ** 0.5)
+
+
+def test_loss_term_moves_the_logits_towards_the_budget():
+    model, search, _ = new_search(dict(budget="bitops=W2A2", warmup_steps=0, lam=10.0))
+    search.begin_step(0)
+    before = float(search.expected_costs()["bitops"].detach())
+    for _ in range(5):
+        extra, details = search.loss_term(torch.tensor(0.0))
+        extra.backward()
+        search.step_logits()
+    assert float(search.expected_costs()["bitops"].detach()) < before
+    assert details["ratio/bitops"] > 1
+
+
+def test_resume_gives_identical_state_and_decisions():
+    model_a, search_a, opt_a = new_search()
+    train(model_a, search_a, opt_a, 0, 5)
+    # through a checkpoint file, as a runner does (plain types only: loads with weights_only=True)
+    buffer = io.BytesIO()
+    torch.save({"search": search_a.state_dict(), "model": model_a.state_dict(), "opt": opt_a.state_dict()}, buffer)
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    state, model_state, opt_state = checkpoint["search"], checkpoint["model"], checkpoint["opt"]
+
+    model_b, search_b, opt_b = new_search(calibrate=False)
+    model_b.load_state_dict(model_state)
+    opt_b.load_state_dict(opt_state)
+    search_b.load_state_dict(state)
+    assert tensors_equal(search_b.state_dict(), state)
+    assert search_b.space.bits() == search_a.space.bits()
+
+    fixed_a = train(model_a, search_a, opt_a, 5, 8)
+    fixed_b = train(model_b, search_b, opt_b, 5, 8)
+    assert fixed_a == fixed_b
+    assert tensors_equal(search_b.state_dict(), search_a.state_dict())
+    assert search_b.finish().to_dict() == search_a.finish().to_dict()
+
+
+def test_several_budgets_and_exclusions():
+    model, search, optimizer = new_search(dict(budget="bitops=W4A4,size=W4A8", exclude=["dw"]))
+    train(model, search, optimizer, 0, 8)
+    policy = search.finish()
+    for name in ("bitops", "size"):
+        totals = policy.meta["totals"][name]
+        assert totals["policy"] <= totals["target"]
+    assert policy.layers["dw"] == {"w_bits": 32, "a_bits": 32, "excluded": True}
+    assert type(model.dw) is nn.Conv2d
+    assert [b["cost"] for b in policy.meta["budgets"]] == ["bitops", "size"]
+    apply_policy(HandNet(), policy)  # an excluded layer is listed, so the policy fits the model
+
+
+def test_lut_budget_through_the_search(tmp_path):
+    lut = tmp_path / "lut.json"
+    entry = {f"w{w}a{a}": w * a / 64 for w in (2, 4, 8) for a in (2, 4, 8)}
+    lut.write_text(json.dumps({"unit": "ms", "layers": dict.fromkeys(["conv1", "dw", "conv2", "fc"], entry)}))
+    _, search, _ = new_search(dict(budget="lut=W4A4", cost_options={"lut": {"path": str(lut)}}))
+    assert search.targets == {"lut": 2.0 + 2 * 0.25}
+    policy = search.finish()
+    assert policy.meta["totals"]["lut"]["unit"] == "ms"
+    assert policy.meta["totals"]["lut"]["policy"] <= 2.5
+    # the table has no 32/32 entries: no FP32 reference
+    assert policy.meta["totals"]["lut"]["references"] == {"w8a8": 4.0, "min": 2.125, "max": 4.0}
+    with pytest.raises(BudgetError, match=r"Reachable range: 2.125 ms .* FP32 = n/a"):
+        new_search(dict(budget="lut=0.1", cost_options={"lut": {"path": str(lut)}}))
+
+
+@pytest.mark.parametrize("options, error, match", [
+    (dict(nope=1), ValueError, r"unknown SSPS option\(s\) \['nope'\]"),
+    (dict(budget="latency=3"), UnknownCostError, "accepted: bitops, size, bitfusion, lut"),
+    (dict(budget="bitops=3Q"), BudgetError, "unknown suffix"),
+    (dict(budget="bitops"), BudgetError, "malformed budget"),
+    (dict(budget="lut=W4A4"), BudgetError, "needs a JSON table"),
+    (dict(cost_options={"size": {}}), ValueError, "no budget on those costs"),
+    (dict(candidates=[]), CandidateError, "empty"),
+    (dict(candidates=[2, 64]), CandidateError, "1..32"),
+    (dict(candidates=[2, 4], a_candidates=[0]), CandidateError, "1..32"),
+    (dict(penalty="square"), ValueError, "unknown penalty form"),
+    (dict(total_steps=4, warmup_steps=4), ValueError, "warmup_steps"),
+    (dict(certainty="gini"), ValueError, "certainty measure"),
+])
+def test_bad_options_are_refused_before_training(options, error, match):
+    with pytest.raises(error, match=match):
+        SSPSSearch(HandNet(), {"budget": "bitops=W4A4", **options})
+
+
+def test_bad_models_and_budgets():
+    with pytest.raises(NoQuantizableLayersError):
+        SSPSSearch(nn.Sequential(nn.ReLU()), SearchConfig())
+    with pytest.raises(BudgetError, match=r"Reachable range: .* \(all-minimum\) to .* \(all-maximum\)"):
+        new_search(dict(budget="size=1B"))
+    search = SSPSSearch(HandNet(), SearchConfig(budget="bitops=W4A4"))
+    with pytest.raises(RuntimeError, match="call SSPSSearch.prepare"):
+        search.end_step(1)
+
+
+def test_config_round_trip():
+    config = SearchConfig.from_dict(dict(CONFIG))
+    again = SearchConfig.from_dict(config.to_dict())
+    assert again.to_dict() == config.to_dict()
+    assert [b.cost for b in again.budgets] == ["bitops"]
