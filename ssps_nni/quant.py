@@ -60,7 +60,7 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
     """Return ``x`` unchanged in the forward pass; multiply its gradient by ``factor``."""
     y = x * factor
-    return (x - y).detach() + y
+    return x.detach() + (y - y.detach())  # forward value exactly x (export uses the same step)
 
 
 def fake_quantize(

@@ -33,6 +33,14 @@ step() {  # step NAME CHECK_CMD INSTALL_CMD
 
 PIP="$PY -m pip install --disable-pip-version-check"
 
+# Fast path: nothing changed since the last complete run (set SSPS_SETUP_CHECK=1 to re-check).
+DONE_HASH="$(cat "$ROOT/setup.cfg" "$ROOT/tools/setup_env.sh" | sha256sum | cut -d' ' -f1)"
+DONE="$VENV/.ssps-setup-done"
+if [ -z "${SSPS_SETUP_CHECK:-}" ] && [ -x "$PY" ] && [ "$(cat "$DONE" 2>/dev/null)" = "$DONE_HASH" ]; then
+    echo "[setup] environment up to date: $VENV (SSPS_SETUP_CHECK=1 re-checks every step)"
+    exit 0
+fi
+
 step venv \
     "test -x '$PY' && '$PY' -c 'import sys; assert sys.version_info[:2] == (3, 11)'" \
     "python3.11 -m venv '$VENV' && $PIP -q 'pip==24.3.1'"
@@ -58,4 +66,5 @@ step ssps-nni \
     "test \"\$(cat '$STAMP' 2>/dev/null)\" = '$REQ_HASH' && '$PY' -c 'import ssps_nni, mmdet, mmpretrain, nni, pytorch_lightning, pytest, hypothesis, onnxruntime'" \
     "$PIP --no-build-isolation -e '$ROOT[test,export]' && echo '$REQ_HASH' > '$STAMP'"
 
+echo "$DONE_HASH" > "$DONE"
 echo "[setup] environment ready: $VENV"
