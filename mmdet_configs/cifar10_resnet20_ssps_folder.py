@@ -1,0 +1,26 @@
+# SSPS search of a CIFAR ResNet-20 on the full CIFAR-10 as per-class JPEG folders
+# (../shared/data/cifar10: 50,000 train / 10,000 test images, libjpeg quality 75).
+#
+# Default budget: bitops=W4A4 (stem conv and classifier pinned at W8A8), candidates
+# (2, 3, 4, 5, 6, 8); schedule as cifar10_resnet20_ssps.py (30 epochs, cosine).
+# Set data_root to your `cifar10/` folder (holding train/ and test/); the default is relative
+# to the repository root. load_from: a full-precision ResNet-20 checkpoint (optional).
+#   python tools/search.py mmdet_configs/cifar10_resnet20_ssps_folder.py --load-from FP.pth
+_base_ = ['./cifar10_resnet20_ssps.py']
+
+data_root = '../shared/data/cifar10'
+train_dataloader = dict(
+    dataset=dict(
+        _delete_=True,
+        type='CIFAR10Folder',
+        data_root=data_root,
+        test_mode=False,
+        pipeline=_base_.train_pipeline))
+val_dataloader = dict(
+    dataset=dict(
+        _delete_=True,
+        type='CIFAR10Folder',
+        data_root=data_root,
+        test_mode=True,
+        pipeline=_base_.test_pipeline))
+test_dataloader = val_dataloader

@@ -1,0 +1,280 @@
+"""``SSPSHook``: an SSPS mixed-precision search inside any mmengine training run.
+
+Shaped like mmengine's ``EMAHook``: it builds its helper (:class:`ssps_nni.search.SSPSSearch`)
+in ``before_run``, works in ``after_train_iter``, and keeps its state in the checkpoint. All
+SSPS math is the core's; this file maps runner events onto it (MMENGINE_NOTES.md §2):
+
+============================  ===============================================================
+``before_run``                convert the inner model (cells keep parameter names, so
+                              ``load_from`` an FP checkpoint loads); step sizes join the task
+                              optimizer; constraint-loss forward hook; re-wrap DDP
+``after_load_checkpoint``     restore logits and masks (``checkpoint['ssps']``)
+``before_train``              profile + calibrate on a few training batches (skipped for
+                              layers restored from a checkpoint); budget check; search state
+``before_train_iter``         temperature / warm-up; read the AMP loss scale
+forward (``mode='loss'``)     ``loss_ssps`` added to the loss dict, fp32, autocast off
+``after_train_iter``          on optimizer steps: reduce + unscale logit grads, Adam, decide;
+                              log; write the policy at each decision; stop when all decided
+``after_train``               fix what is left, write ``policy.json`` / ``policy.png``
+``before_save_checkpoint``    ``checkpoint['ssps'] = SSPSSearch.state_dict()``
+============================  ===============================================================
+
+Config::
+
+    custom_imports = dict(imports=['ssps_nni.mmengine'], allow_failed_imports=False)
+    custom_hooks = [dict(type='SSPSHook', budget='bitops=W4A4', candidates=(2, 3, 4, 5, 6, 8))]
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from mmengine.dist import is_main_process
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.optim import OptimWrapper, OptimWrapperDict
+from mmengine.registry import HOOKS
+
+from ..convert import DEFAULT_CANDIDATES, check_candidates
+from ..policy import plot_policy
+from ..search import SearchConfig, SSPSSearch
+from .calibration import calibration_loader, forward_fn, preserved_rng
+from .optim import add_param_group, find_optim_wrapper, loss_scale, reduce_logit_grads
+from .report import cost_lines
+
+__all__ = ['SSPSHook']
+
+POLICY_JSON = 'policy.json'
+POLICY_PNG = 'policy.png'
+
+
+def _steps(value, total: int, least: int = 0) -> int:
+    """A step count, or a fraction in (0, 1) of ``total`` steps."""
+    if isinstance(value, float) and 0 < value < 1:
+        return max(int(round(value * total)), least)
+    return int(value)
+
+
+def _task_loss(losses: dict) -> torch.Tensor:
+    """The sum ``parse_losses`` will form from the task's entries (for the ``mul`` form)."""
+    terms = []
+    for key, value in losses.items():
+        if 'loss' not in key:
+            continue
+        if isinstance(value, torch.Tensor):
+            terms.append(value.mean())
+        elif isinstance(value, (list, tuple)):
+            terms.extend(v.mean() for v in value if isinstance(v, torch.Tensor))
+    if not terms:
+        raise ValueError(f'SSPSHook found no loss entry in the loss dict (keys: {list(losses)})')
+    return sum(terms)
+
+
+@HOOKS.register_module()
+class SSPSHook(Hook):
+    """Search a mixed-precision quantization policy during training (SSPS_SPEC.md).
+
+    Args:
+        budget: ``'bitops=W4A4'``, ``'size=1.5MB,bitops=2e9'``, a list or a dict (§4).
+        candidates: weight bit-widths (activations too unless ``a_candidates`` is given).
+        total_steps: search length in optimizer steps; defaults to the train loop's
+            ``max_iters`` divided by the optimizer wrapper's ``accumulative_counts``.
+        warmup_steps, interval: in optimizer steps, or a float in (0, 1) as a fraction of
+            ``total_steps``.
+        calib_batches: training batches used to profile layers and initialise step sizes.
+        calib_batch_size: their batch size; defaults to the train loader's.
+        stop_when_done: end training (``train_loop.stop_training``) once every decision is
+            made; an epoch-based loop stops at the end of that epoch.
+        plot_interval_s: ``policy.json`` is written at every decision point that fixes
+            something, ``policy.png`` at most once per this many seconds (drawing costs about
+            a second on a CPU); both always at the end.
+        **options: any other :class:`ssps_nni.search.SearchConfig` field (``penalty``,
+            ``lam``, ``tau_max``, ``threshold``, ``pinned``, ``exclude``, ``seed``...).
+
+    Raises (at construction, so before training):
+        CandidateError, BudgetError, UnknownCostError, ValueError: bad options; the message
+        names the accepted forms. An unreachable budget raises ``BudgetError`` in
+        ``before_train``, before the first training step.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def __init__(self, budget='bitops=W4A4', candidates=DEFAULT_CANDIDATES, total_steps: int | None = None,
+                 warmup_steps: int | float = 0, interval: int | float = 1, calib_batches: int = 4,
+                 calib_batch_size: int | None = None, stop_when_done: bool = True,
+                 plot_interval_s: float = 30.0, **options):
+        self.options = dict(options, budget=budget, candidates=tuple(candidates))
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps
+        self.interval = interval
+        self.calib_batches = int(calib_batches)
+        self.calib_batch_size = calib_batch_size
+        self.stop_when_done = bool(stop_when_done)
+        self.plot_interval_s = float(plot_interval_s)
+        self._last_plot = None
+        if self.calib_batches < 1:
+            raise ValueError(f'calib_batches must be >= 1, got {calib_batches}')
+        self.search_config(int(total_steps) if total_steps is not None else 10**6)  # validate now
+        self.search: SSPSSearch | None = None
+        self.optim_wrapper: OptimWrapper | None = None
+        self._inner = None
+        self._pending: dict | None = None
+        self._scale = 1.0
+        self._handle = None
+
+    def search_config(self, total_steps: int) -> SearchConfig:
+        """The :class:`SearchConfig` for a search of ``total_steps`` optimizer steps."""
+        check_candidates(self.options['candidates'], 'weight')
+        a_candidates = self.options.get('a_candidates') or self.options['candidates']
+        check_candidates(a_candidates, 'activation')
+        options = dict(self.options, total_steps=int(total_steps),
+                       warmup_steps=_steps(self.warmup_steps, total_steps),
+                       interval=_steps(self.interval, total_steps, least=1))
+        return SearchConfig.from_dict(options)
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def _search_length(self, runner) -> int:
+        if self.total_steps is not None:
+            return int(self.total_steps)
+        if not isinstance(runner.optim_wrapper, (OptimWrapper, OptimWrapperDict)):
+            return 1 + (self.warmup_steps if isinstance(self.warmup_steps, int) else 0)  # val/test only
+        accumulate = int(runner.cfg.get('optim_wrapper', {}).get('accumulative_counts', 1))
+        return max(runner.train_loop.max_iters // accumulate, 1)
+
+    def before_run(self, runner) -> None:
+        """Convert the model, add step sizes to the optimizer, hook the loss, re-wrap DDP."""
+        if self.search is not None:
+            return  # converted by an earlier run of this runner (``train()`` then ``test()``)
+        wrapped = is_model_wrapper(runner.model)
+        inner = runner.model.module if wrapped else runner.model
+        self._inner = inner
+        self.search = SSPSSearch(inner, self.search_config(self._search_length(runner)))
+        cells = self.search.space.cells.values()
+        step_sizes = [p for cell in cells for p in (cell.w_scale, cell.a_scale)]
+        self.optim_wrapper = find_optim_wrapper(runner.optim_wrapper, next(iter(cells)).weight)
+        if self.optim_wrapper is not None:
+            add_param_group(self.optim_wrapper, step_sizes, runner.param_schedulers)
+        self._handle = inner.register_forward_hook(self._add_loss, with_kwargs=True)
+        if wrapped:
+            runner.model = runner.wrap_model(runner.cfg.get('model_wrapper_cfg'), inner)
+        space = self.search.space
+        runner.logger.info(
+            f'SSPS: {len(space.cells)} layers converted ({len(space.searched)} searched, '
+            f'{len(space.pinned)} pinned, {len(self.search.excluded)} excluded); '
+            f'{space.num_decisions} decisions over {self.search.config.total_steps} optimizer steps')
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Restore logits and masks now (validation needs them); the rest in ``before_train``."""
+        state = checkpoint.get('ssps')
+        if state is None or self.search is None:
+            return  # a full-precision checkpoint: nothing to restore
+        self.search.space.load_state_dict(state['space'])
+        self._pending = state
+
+    def before_train(self, runner) -> None:
+        """Profile and calibrate on a few training batches, check the budget, restore state."""
+        search = self.search
+        calibrate = not all(int(cell.initialized) for cell in search.space.cells.values())
+        loader = calibration_loader(runner.train_dataloader, self.calib_batches, self.calib_batch_size,
+                                    seed=search.config.seed)
+        run, num_samples = forward_fn(self._inner, loader)
+        with preserved_rng():
+            search.prepare(run, num_samples, calibrate=calibrate)
+        if self._pending is not None:
+            search.load_state_dict(self._pending)
+            self._pending = None
+            runner.logger.info(f'SSPS: search state restored at step {search.step} '
+                               f'({search.space.num_decided}/{search.space.num_decisions} decided)')
+        stats = search.stats()
+        for name, target in search.targets.items():
+            refs = search.costs[name].references()
+            fmt = search.costs[name].model.format
+            runner.logger.info(
+                f'SSPS budget {name}: target {fmt(target)}; FP32 {fmt(refs["fp32"])}, W8A8 {fmt(refs["w8a8"])}, '
+                f'min {fmt(refs["min"])}, max {fmt(refs["max"])}; expected now {fmt(stats[f"expected/{name}"])}'
+                + (' (calibrated)' if calibrate else ' (step sizes from checkpoint)'))
+
+    # -- per step ----------------------------------------------------------------------------
+
+    def _add_loss(self, module, args, kwargs, output):
+        """Forward hook on the inner model: ``output['loss_ssps']`` in ``mode='loss'``."""
+        if kwargs.get('mode') != 'loss' or not isinstance(output, dict) or not module.training:
+            return None
+        if self.search is None or self.search.decider is None:
+            return None
+        task = _task_loss(output)
+        with torch.autocast(device_type=task.device.type, enabled=False):
+            term, _ = self.search.loss_term(task.float())
+        output['loss_ssps'] = term
+        return output
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        self._scale = loss_scale(self.optim_wrapper)
+        self.search.begin_step(self.search.step)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        """On optimizer steps: update the logits, run the decider, log, stop when done."""
+        if self.optim_wrapper is not None and not self.optim_wrapper.should_update():
+            return
+        search = self.search
+        params = search.space.sampler.parameters()
+        finite = reduce_logit_grads(params, self._scale)
+        if finite and loss_scale(self.optim_wrapper) >= self._scale:
+            search.step_logits()
+        else:  # AMP overflow: the task optimizer skipped this step, so do the logits
+            search.logits_optimizer.zero_grad(set_to_none=True)
+        fixed = search.end_step(search.step + 1)
+        self._log_scalars(runner)
+        if fixed:
+            space = search.space
+            runner.logger.info(
+                f'SSPS step {search.step}: fixed {len(fixed)} decision(s), {space.num_decided}/'
+                f'{space.num_decisions} decided, log10 search space {space.log10_size():.2f}')
+            self._write_policy(runner, final=False)
+        if search.done and self.stop_when_done and not runner.train_loop.stop_training:
+            runner.logger.info(f'SSPS: every decision made at step {search.step}; stopping training')
+            runner.train_loop.stop_training = True
+
+    def _log_scalars(self, runner) -> None:
+        """Expected cost, target, ratio, decided, log10 search space, temperature."""
+        hub = runner.message_hub
+        for key, value in self.search.stats().items():
+            if not key.startswith('target/') and key != 'num_decisions':  # constants: logged once
+                hub.update_scalar(f'train/ssps/{key}', value)
+
+    # -- result ------------------------------------------------------------------------------
+
+    def after_train(self, runner) -> None:
+        """Fix every open decision and write the final policy."""
+        policy = self.search.finish()
+        self._write_policy(runner, final=True)
+        runner.logger.info('SSPS policy:\n' + policy.table())
+        for line in cost_lines(policy):
+            runner.logger.info(f'SSPS {line}')
+        runner.logger.info(f'SSPS: wrote {Path(runner.work_dir) / POLICY_JSON}')
+
+    def _write_policy(self, runner, final: bool) -> None:
+        """``policy.json`` and ``policy.png`` in ``work_dir`` (atomic writes, rank 0 only)."""
+        if not is_main_process():
+            return
+        policy = self.search.policy()
+        work_dir = Path(runner.work_dir)
+        policy.save(work_dir / POLICY_JSON)
+        now = time.monotonic()
+        if final or self._last_plot is None or now - self._last_plot >= self.plot_interval_s:
+            plot_policy(policy, self.search.decider.history, work_dir / POLICY_PNG)
+            self._last_plot = now
+
+    # -- checkpoint --------------------------------------------------------------------------
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        """``checkpoint['ssps']``: logits, masks, sampler, decider, logits Adam, step."""
+        if self.search is not None and self.search.decider is not None:
+            checkpoint['ssps'] = self.search.state_dict()
+
+    def after_run(self, runner) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None

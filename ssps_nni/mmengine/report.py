@@ -1,0 +1,33 @@
+"""Human-readable lines about a policy's cost: policy vs target, and the references (SSPS_SPEC §4)."""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..cost import COST_MODELS, LutCost
+from ..policy import Policy
+
+__all__ = ['cost_formatter', 'cost_lines']
+
+
+def cost_formatter(name: str, unit: str = '') -> Callable[[float], str]:
+    """``value -> text`` in the cost's display unit (GBitOPs, MB, ...)."""
+    cls = COST_MODELS.get(name)
+    if cls is None or cls is LutCost:
+        return lambda value: f'{value:.4g} {unit}'.strip()
+    return cls().format
+
+
+def cost_lines(policy: Policy) -> list[str]:
+    """One line per budget: the policy's cost, its ratio to the target, the target, the references."""
+    lines = []
+    for name, total in policy.meta.get('totals', {}).items():
+        fmt = cost_formatter(name, total.get('unit', ''))
+        refs = total.get('references', {})
+        ratio = total['policy'] / total['target'] if total.get('target') else float('nan')
+        lines.append(f'{name}: policy {fmt(total["policy"])} = {ratio:.3f} x target {fmt(total["target"])}')
+        lines.append(f'{name} references: ' + ', '.join(
+            f'{label} {fmt(refs[key])}' for key, label in
+            (('fp32', 'FP32'), ('w8a8', 'W8A8'), ('min', 'min'), ('max', 'max')) if key in refs))
+    if policy.meta.get('repaired'):
+        lines.append('note: the final policy needed a repair to fit the budget')
+    return lines

@@ -1,0 +1,16 @@
+"""Helpers of the mmengine driver tests (imported by ``conftest.py`` and the test files)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SEARCH_TOOL = ROOT / 'tools' / 'search.py'
+SUBSET_CONFIG = ROOT / 'mmdet_configs' / 'cifar10_resnet20_ssps_subset.py'
+
+
+def run_search_tool(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``tools/search.py`` in a fresh interpreter from the repository root."""
+    return subprocess.run([sys.executable, str(SEARCH_TOOL), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)

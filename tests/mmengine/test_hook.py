@@ -1,0 +1,169 @@
+"""``SSPSHook`` stage by stage on small runners: registry scopes, optimizer group and schedulers,
+the loss entry, checkpoint state, ``load_from`` of a full-precision checkpoint."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+pytest.importorskip('mmpretrain')
+
+from mmengine.config import Config  # noqa: E402
+from mmengine.hooks import Hook  # noqa: E402
+from mmengine.model import BaseModel  # noqa: E402
+from mmengine.registry import DATASETS, MODELS  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+from torch.utils.data import Dataset  # noqa: E402
+
+from ssps_nni.cell import QuantCellMixin  # noqa: E402
+from ssps_nni.mmengine import SSPSHook  # noqa: E402
+from ssps_nni.policy import load_policy  # noqa: E402
+
+
+@MODELS.register_module(force=True)
+class ToySSPSNet(BaseModel):
+    """Two convs, a BN and a classifier; ``mode='loss'`` returns ``{'loss_cls': ...}``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        x = torch.stack(inputs) if isinstance(inputs, (list, tuple)) else inputs
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.bn(self.conv3(F.relu(self.conv2(x)))))
+        logits = self.fc(x.mean((2, 3)))
+        if mode == 'loss':
+            return {'loss_cls': F.cross_entropy(logits, torch.as_tensor(data_samples))}
+        return logits
+
+
+@DATASETS.register_module(force=True)
+class ToySSPSData(Dataset):
+    def __init__(self, size: int = 64):
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        generator = torch.Generator().manual_seed(index)
+        return dict(inputs=torch.randn(3, 8, 8, generator=generator), data_samples=index % 4)
+
+
+class Recorder(Hook):
+    """Checks run in the same stages as the hook under test, after it."""
+
+    priority = 'LOW'
+
+    def __init__(self):
+        self.lrs, self.outputs = [], []
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        groups = runner.optim_wrapper.optimizer.param_groups
+        self.lrs.append((groups[0]['lr'], groups[-1]['lr'], groups[-1]['weight_decay']))
+        self.outputs.append(dict(outputs))
+
+
+def toy_runner(work_dir, scope='mmpretrain', max_iters=8, schedulers=None, **hook):
+    hook = dict(dict(type='SSPSHook', budget='bitops=W4A4', candidates=(2, 4, 8), warmup_steps=2,
+                     calib_batches=2), **hook)
+    return Runner(
+        model=dict(type='ToySSPSNet'),
+        work_dir=str(work_dir),
+        train_dataloader=dict(dataset=dict(type='ToySSPSData'), sampler=dict(type='DefaultSampler', shuffle=True),
+                              batch_size=8, num_workers=0),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4)),
+        param_scheduler=schedulers,
+        train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=4, by_epoch=False)),
+        custom_hooks=[hook],
+        default_scope=scope,
+        randomness=dict(seed=0),
+    )
+
+
+@pytest.mark.parametrize('scope', ['mmpretrain', 'mmdet'])
+def test_hook_found_and_searches_under_scope(scope, tmp_path):
+    if scope == 'mmdet':
+        pytest.importorskip('mmdet')
+    runner = toy_runner(tmp_path, scope=scope)
+    assert any(isinstance(h, SSPSHook) for h in runner.hooks)
+    runner.train()
+    policy = load_policy(tmp_path / 'policy.json')
+    assert set(policy.layers) == {'conv1', 'conv2', 'conv3', 'fc'}
+    assert policy.meta['num_decided'] == policy.meta['num_decisions'] == 4
+    assert isinstance(runner.model.conv2, QuantCellMixin)
+
+
+def test_step_sizes_follow_group_0_through_warmup_and_cosine(tmp_path):
+    schedulers = [dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=4),
+                  dict(type='CosineAnnealingLR', by_epoch=False, begin=4, end=8, T_max=4)]
+    runner = toy_runner(tmp_path, schedulers=schedulers, stop_when_done=False)
+    recorder = Recorder()
+    runner.register_hook(recorder)
+    runner.train()
+    assert len(recorder.lrs) == 8
+    for lr0, lr_scale, wd in recorder.lrs:
+        assert lr_scale == pytest.approx(lr0, rel=1e-12) and wd == 0
+    names = {id(p) for g in runner.optim_wrapper.optimizer.param_groups[-1:] for p in g['params']}
+    expected = {id(p) for n, p in runner.model.named_parameters() if n.endswith(('w_scale', 'a_scale'))}
+    assert names == expected
+    # the constraint loss is in the loss dict (zero in warm-up, then positive), and logged
+    assert all('loss_ssps' in out for out in recorder.outputs)
+    assert float(recorder.outputs[0]['loss_ssps'].detach()) == 0 and float(recorder.outputs[-1]['loss_ssps'].detach()) >= 0
+
+
+def test_checkpoint_state_round_trip(tmp_path):
+    runner = toy_runner(tmp_path, max_iters=8)
+    runner.train()
+    checkpoint = torch.load(tmp_path / 'iter_4.pth', map_location='cpu')  # weights_only default
+    state = checkpoint['ssps']
+    assert state['step'] == 4
+    assert {'space', 'decider', 'logits_optimizer'} <= set(state)
+    assert any(k.endswith('w_scale') for k in checkpoint['state_dict'])
+
+
+def test_load_from_full_precision_checkpoint(tmp_path):
+    """Every key of an FP ResNet-20 checkpoint loads into the supernet, values unchanged."""
+    from mm_search_helpers import SUBSET_CONFIG
+    from mmengine.registry import init_default_scope
+
+    import ssps_nni.mmengine  # noqa: F401
+
+    cfg = Config.fromfile(str(SUBSET_CONFIG))
+    init_default_scope('mmpretrain')
+    from mmpretrain.registry import MODELS as PRETRAIN_MODELS
+
+    fp_model = PRETRAIN_MODELS.build(cfg.model)
+    fp_model.init_weights()
+    fp_state = {k: v.clone() for k, v in fp_model.state_dict().items()}
+    torch.save({'state_dict': fp_state, 'meta': {}}, tmp_path / 'fp32.pth')
+
+    cfg.work_dir = str(tmp_path / 'work')
+    cfg.load_from = str(tmp_path / 'fp32.pth')
+    cfg.train_dataloader.dataset.indices = list(range(0, 5000, 80))
+    cfg.train_dataloader.batch_size = 32
+    cfg.train_cfg = dict(by_epoch=True, max_epochs=1, val_interval=10)
+    cfg.param_scheduler = dict(type='ConstantLR', factor=1.0)
+    cfg.custom_hooks = [dict(type='SSPSHook', candidates=(2, 4, 8), calib_batches=1)]
+    seen = {}
+
+    class Check(Hook):
+        def before_train(self, runner):
+            seen.update({k: v.clone() for k, v in runner.model.state_dict().items()})
+
+    runner = Runner.from_cfg(cfg)
+    runner.register_hook(Check(), priority='LOWEST')
+    runner.train()
+    missing = [k for k in fp_state if k not in seen]
+    assert not missing
+    assert all(torch.equal(seen[k], v) for k, v in fp_state.items())
+    new = {k.rsplit('.', 1)[-1] for k in seen if k not in fp_state}
+    assert new <= {'w_scale', 'a_scale', 'w_mask', 'a_mask', 'a_signed', 'initialized'}
+    assert load_policy(tmp_path / 'work' / 'policy.json').meta['num_decided'] == 36
