@@ -1,0 +1,127 @@
+"""tools/export.py: policy + checkpoint -> ONNX (and NNI config_list), and its errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from export_helpers import calibrated_model
+from ssps_nni.convert import convert_model
+from ssps_nni.export import ExportError, load_fixed_state
+from ssps_nni.models import resnet20
+from ssps_nni.policy import apply_policy
+
+ROOT = Path(__file__).resolve().parents[2]
+onnx = pytest.importorskip("onnx")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools/export.py"), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    model, policy = calibrated_model(n_calib=64)
+    policy_path = policy.save(tmp / "policy.json")
+    ckpt = tmp / "fixed.pth"
+    torch.save({"state_dict": model.state_dict(), "meta": {"epoch": 1}}, ckpt)
+    return tmp, model, policy, policy_path, ckpt
+
+
+def test_cli_exports_fixed_checkpoint(saved):
+    tmp, model, policy, policy_path, ckpt = saved
+    out = tmp / "out" / "r20.onnx"
+    res = run_cli("--policy", str(policy_path), "--checkpoint", str(ckpt), "--output", str(out),
+                  "--model", "resnet20", "--nni-config", str(tmp / "config_list.json"))
+    assert res.returncode == 0, res.stderr
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["ssps.bits"]) == {k: list(v) for k, v in policy.bits().items()}
+    assert meta["ssps.model"] == "resnet20"
+    config = json.loads((tmp / "config_list.json").read_text())
+    assert {c["op_names"][0] for c in config} <= set(policy.layers)
+
+
+def test_cli_float_checkpoint_needs_calibration(saved, tmp_path):
+    _, _, _, policy_path, _ = saved
+    ckpt = tmp_path / "float.pth"
+    torch.save(resnet20().state_dict(), ckpt)
+    res = run_cli("--policy", str(policy_path), "--checkpoint", str(ckpt), "--output", str(tmp_path / "a.onnx"))
+    assert res.returncode == 2 and "pass --calibrate N" in res.stderr
+    res = run_cli("--policy", str(policy_path), "--checkpoint", str(ckpt), "--output", str(tmp_path / "a.onnx"),
+                  "--calibrate", "100")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "a.onnx").is_file()
+
+
+@pytest.mark.parametrize("case", ["missing_checkpoint", "bad_policy", "missing_policy", "wrong_model"])
+def test_cli_errors(saved, tmp_path, case):
+    _, _, _, policy_path, ckpt = saved
+    args = {"policy": str(policy_path), "checkpoint": str(ckpt), "model": "resnet20"}
+    expect = {
+        "missing_checkpoint": "checkpoint not found",
+        "bad_policy": "not valid JSON",
+        "missing_policy": "cannot read policy file",
+        "wrong_model": "is not a Conv2d/Linear of ResNet",
+    }[case]
+    if case == "missing_checkpoint":
+        args["checkpoint"] = str(tmp_path / "nope.pth")
+    elif case == "bad_policy":
+        (tmp_path / "p.json").write_text("{")
+        args["policy"] = str(tmp_path / "p.json")
+    elif case == "missing_policy":
+        args["policy"] = str(tmp_path / "none.json")
+    else:
+        args["model"] = "resnet18"
+    res = run_cli("--policy", args["policy"], "--checkpoint", args["checkpoint"], "--model", args["model"],
+                  "--output", str(tmp_path / "x.onnx"))
+    assert res.returncode == 2, res.stderr
+    assert expect in res.stderr and res.stderr.startswith("error:")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_supernet_checkpoint_rows_are_selected(saved):
+    """A search supernet's per-candidate step sizes load into the fixed model: the policy's row."""
+    _, _, policy, _, _ = saved
+    space = convert_model(resnet20(), w_candidates=policy.candidates["w"], pinned={
+        n: (e["w_bits"], e["a_bits"]) for n, e in policy.layers.items() if e.get("pinned")})
+    with torch.no_grad():
+        for name, cell in space.cells.items():
+            cell.w_scale.copy_(torch.arange(1, cell.w_scale.shape[0] + 1, dtype=torch.float32)[:, None]
+                               .expand_as(cell.w_scale))
+            cell.a_scale.copy_(torch.arange(1, cell.a_scale.shape[0] + 1, dtype=torch.float32))
+            cell.initialized.fill_(1)
+    state = space.model.state_dict()
+    fixed = resnet20()
+    apply_policy(fixed, policy)
+    assert load_fixed_state(fixed, state, policy) == []
+    cands = sorted(policy.candidates["w"])
+    for name, entry in policy.layers.items():
+        cell = fixed.get_submodule(name)
+        if not entry.get("pinned"):
+            assert float(cell.w_scale[0, 0]) == cands.index(entry["w_bits"]) + 1
+            assert float(cell.a_scale[0]) == cands.index(entry["a_bits"]) + 1
+    with pytest.raises(ExportError, match="supernet checkpoint"):
+        load_fixed_state(resnet20_fixed(policy), state)
+
+
+def resnet20_fixed(policy):
+    model = resnet20()
+    apply_policy(model, policy)
+    return model
+
+
+def test_mismatching_checkpoint_names_keys(saved):
+    _, model, policy, _, _ = saved
+    state = dict(model.state_dict())
+    state["extra.weight"] = torch.zeros(1)
+    with pytest.raises(ExportError, match="extra.weight"):
+        load_fixed_state(resnet20_fixed(policy), state, policy)
+    state = {k: v for k, v in model.state_dict().items() if k != "layer1.0.conv1.weight"}
+    with pytest.raises(ExportError, match="lacks parameters of the model: layer1.0.conv1.weight"):
+        load_fixed_state(resnet20_fixed(policy), state, policy)

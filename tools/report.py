@@ -1,0 +1,50 @@
+"""Compare searched policies: Markdown + CSV tables of bits and costs, and bits figures (SSPS_SPEC §8).
+
+Example::
+
+    python tools/report.py work_dirs/a/policy.json work_dirs/b/policy.json --out work_dirs/report
+
+Writes ``report.md``, ``layers.csv``, ``comparison.csv`` and ``<policy>_bits.png`` into ``--out``
+(labels are the policy file stems, or the ``--labels`` given). Exit status 2 with one ``error:``
+line when a policy cannot be read.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ssps_nni.errors import SSPSError  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("policies", nargs="+", help="policy.json files")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--labels", nargs="+", default=None, help="column labels, one per policy")
+    ap.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    args = ap.parse_args(argv)
+
+    from ssps_nni.policy import load_policy
+    from ssps_nni.report import unique_labels, write_report
+
+    try:
+        if args.labels is not None and len(args.labels) != len(args.policies):
+            raise SSPSError(f"--labels has {len(args.labels)} names for {len(args.policies)} policies")
+        labels = args.labels or unique_labels(args.policies)
+        if len(set(labels)) != len(labels):
+            raise SSPSError(f"--labels must be unique, got {labels}")
+        policies = {label: load_policy(p) for label, p in zip(labels, args.policies)}
+        paths = write_report(policies, args.out, figures=not args.no_figures)
+    except SSPSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in paths.values():
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
