@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import warnings
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -38,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cell import QuantCellMixin
+from .policy import atomic_write
 from .errors import SSPSError
 from .quant import FLOAT_BITS, activation_qrange, fake_quantize, weight_qrange
 
@@ -116,11 +115,8 @@ class QuantDequant(torch.autograd.Function):
 def _weight_qdq_args(cell: QuantCellMixin, bits: int, name: str):
     q_min, q_max = weight_qrange(bits)
     k = cell.fixed_index("w")
+    # quant.scale_grad's forward value is exactly the stored step, so export it as is
     scale = cell.w_scale[k].detach().abs().clamp_min(1e-8).float().clone()
-    # the step the PyTorch forward really divides by: quant.scale_grad computes
-    # (s - s*f) + s*f, which can differ from s by 1 ulp; export that value
-    factor = 1.0 / math.sqrt(cell.weight[0].numel() * q_max)
-    scale = (scale - scale * factor) + scale * factor
     if scale.shape != (cell.weight.shape[0],):
         raise ExportError(f"layer {name!r}: w_scale row has shape {tuple(scale.shape)}, expected ({cell.weight.shape[0]},)")
     zero = torch.zeros_like(scale, dtype=torch.int8)
@@ -254,21 +250,6 @@ def _require_onnx():
     return onnx
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def export_onnx(
     model: nn.Module,
     example_input: torch.Tensor | Sequence[torch.Tensor],
@@ -346,7 +327,7 @@ def export_onnx(
         entry = existing.get(key) or proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
-    return _atomic_write_bytes(Path(path), proto.SerializeToString())
+    return atomic_write(Path(path), proto.SerializeToString())
 
 
 def read_onnx_bits(path_or_model) -> dict[str, tuple[int, int]]:

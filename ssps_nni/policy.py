@@ -108,7 +108,7 @@ class Policy:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON atomically (temp file in the same folder, then ``os.replace``)."""
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return atomic_write(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def table(self) -> str:
         """A plain-text table: layer, W bits, A bits, certainty, step decided."""
@@ -123,14 +123,17 @@ class Policy:
         return "\n".join(lines)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+
+    Writes a temporary file in the same folder, fsyncs it, then ``os.replace``s it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -138,6 +141,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+atomic_write_text = atomic_write
 
 
 def load_policy(path: str | os.PathLike) -> Policy:

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from .policy import Policy, atomic_write_text, plot_policy
+from .policy import Policy, atomic_write, plot_policy
 
 __all__ = ["layer_rows", "comparison_rows", "markdown_report", "write_report", "unique_labels"]
 
@@ -169,9 +169,9 @@ def write_report(policies: Mapping[str, Policy], out_dir: str | os.PathLike, fig
         raise ValueError("write_report needs at least one policy")
     out = Path(out_dir)
     paths = {
-        "markdown": atomic_write_text(out / "report.md", markdown_report(policies)),
-        "layers_csv": atomic_write_text(out / "layers.csv", _csv_text(layer_rows(policies))),
-        "comparison_csv": atomic_write_text(out / "comparison.csv", _csv_text(comparison_rows(policies))),
+        "markdown": atomic_write(out / "report.md", markdown_report(policies)),
+        "layers_csv": atomic_write(out / "layers.csv", _csv_text(layer_rows(policies))),
+        "comparison_csv": atomic_write(out / "comparison.csv", _csv_text(comparison_rows(policies))),
     }
     if figures:
         for label, pol in policies.items():

@@ -11,7 +11,14 @@ Example::
         --model resnet20 --output resnet20_mp.onnx --nni-config config_list.json
 
 ``--model`` names a builder in ``ssps_nni.models`` (``resnet20``) or in ``torchvision.models``
-(``resnet18``, ``mobilenet_v2``, ...), built without weights.
+(``resnet18``, ``mobilenet_v2``, ...), built without weights. ``--config`` instead builds the
+``model`` of an mmengine config (e.g. mmpretrain's ``ImageClassifier`` with ``ResNet20CIFAR``), for
+a checkpoint written by ``tools/train.py``; its ONNX graph is ``forward(mode='tensor')`` (logits),
+on inputs normalised as the config's ``data_preprocessor`` does::
+
+    python tools/export.py --config mmdet_configs/cifar10_resnet20_ssps_subset.py \
+        --policy work_dirs/search/policy.json --checkpoint work_dirs/qat/epoch_6.pth --output r20.onnx
+
 Exit status: 0 on success, 2 on bad input (unreadable policy, missing checkpoint, undecided or
 uncalibrated layers), with one ``error:`` line on stderr.
 """
@@ -55,6 +62,18 @@ def build_model(name: str, num_classes: int) -> torch.nn.Module:
                        "or a torchvision.models name (e.g. resnet18)") from None
 
 
+def build_config_model(path: str) -> torch.nn.Module:
+    """The ``model`` of an mmengine config, built through its registries without weights."""
+    if not Path(path).is_file():
+        raise CliError(f"config not found: {path}")
+    from mmengine.config import Config
+
+    import ssps_nni.mmengine  # noqa: F401  (registries, torch safe globals)
+    from ssps_nni.mmengine.qat import build_model_from_cfg
+
+    return build_model_from_cfg(Config.fromfile(path))
+
+
 def read_checkpoint(path: str, trust: bool) -> dict:
     """The ``state_dict`` of a checkpoint file (plain, ``{'state_dict': ...}`` or ``{'model': ...}``)."""
     p = Path(path)
@@ -95,6 +114,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--checkpoint", required=True, help="weights (fixed-model, supernet or float state_dict)")
     ap.add_argument("--output", required=True, help="ONNX file to write")
     ap.add_argument("--model", default="resnet20", help="model builder name (default: resnet20)")
+    ap.add_argument("--config", default=None,
+                    help="mmengine config whose model to build instead of --model (checkpoints of tools/train.py)")
     ap.add_argument("--num-classes", type=int, default=10)
     ap.add_argument("--input-shape", default="1,3,32,32", help="example input N,C,H,W (default 1,3,32,32)")
     ap.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17, at least 13)")
@@ -108,15 +129,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> Path:
     from ssps_nni.export import (DEFAULT_OPSET, calibrate_cells, export_onnx, load_fixed_state,
                                  policy_to_nni_config_list)
-    from ssps_nni.policy import apply_policy, atomic_write_text, load_policy
+    from ssps_nni.policy import apply_policy, atomic_write, load_policy
 
     policy = load_policy(args.policy)
     try:
         shape = tuple(int(v) for v in args.input_shape.split(","))
     except ValueError:
         raise CliError(f"--input-shape must be comma-separated integers, got {args.input_shape!r}") from None
+    if args.config:
+        model = build_config_model(args.config)  # before reading: registers mmengine's safe globals
     state = read_checkpoint(args.checkpoint, args.trust_checkpoint)
-    model = build_model(args.model, args.num_classes)
+    if not args.config:
+        model = build_model(args.model, args.num_classes)
     apply_policy(model, policy)
     uncalibrated = load_fixed_state(model, state, policy)
     if uncalibrated:
@@ -129,9 +153,10 @@ def run(args: argparse.Namespace) -> Path:
         calibrate_cells(model, cifar_batches(args.calibrate), uncalibrated)
     model.eval()
     out = export_onnx(model, torch.zeros(shape), args.output, opset=args.opset or DEFAULT_OPSET,
-                      metadata={"ssps.policy": str(Path(args.policy).name), "ssps.model": args.model})
+                      metadata={"ssps.policy": str(Path(args.policy).name),
+                                "ssps.model": args.model if not args.config else Path(args.config).name})
     if args.nni_config:
-        atomic_write_text(args.nni_config, json.dumps(policy_to_nni_config_list(policy), indent=2) + "\n")
+        atomic_write(args.nni_config, json.dumps(policy_to_nni_config_list(policy), indent=2) + "\n")
     return out
 
 
