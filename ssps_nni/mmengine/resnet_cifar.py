@@ -1,6 +1,6 @@
 """ResNet-20 for CIFAR (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, §4.2).
 
-The CIFAR variant of the paper: a 3x3 stem conv with 16 channels, then 3 stages of ``n = 3``
+The CIFAR variant of the paper, built from the blocks of :mod:`ssps_nni.models`: a 3x3 stem conv with 16 channels, then 3 stages of ``n = 3``
 basic blocks with 16, 32 and 64 channels (the first block of stages 2 and 3 halves the
 resolution), global average pooling in the classifier. Depth ``6n + 2 = 20``, about 0.27M
 parameters. Shortcuts are the paper's option A: identity, and where the shape changes a
@@ -23,45 +23,9 @@ from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from mmpretrain.registry import MODELS
 from torch import nn
 
+from ..models import BasicBlock, conv3x3, make_stages
+
 __all__ = ['BasicBlock', 'ResNet20CIFAR']
-
-
-def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    """3x3 convolution with padding 1 and no bias (a BatchNorm follows)."""
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 convs with BatchNorm and ReLU, plus an option-A shortcut.
-
-    Input ``(N, in_channels, H, W)``, output ``(N, out_channels, H / stride, W / stride)``.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = conv3x3(in_channels, out_channels, stride)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = conv3x3(out_channels, out_channels)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.stride = stride
-        self.pad_channels = out_channels - in_channels
-
-    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        """Option A: identity, or subsample by ``stride`` and pad the new channels with zeros."""
-        if self.stride == 1 and self.pad_channels == 0:
-            return x
-        x = x[:, :, ::self.stride, ::self.stride]
-        half = self.pad_channels // 2
-        return F.pad(x, (0, 0, 0, 0, half, self.pad_channels - half))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(x)
-        out = self.bn1(out)
-        out = F.relu(out)
-        out = self.conv2(out)
-        out = self.bn2(out)
-        out = out + self.shortcut(x)
-        return F.relu(out)
 
 
 @MODELS.register_module()
@@ -85,14 +49,8 @@ class ResNet20CIFAR(BaseBackbone):
         super().__init__(init_cfg=list(init_cfg) if init_cfg is not None else None)
         self.conv1 = conv3x3(in_channels, widths[0])
         self.bn1 = nn.BatchNorm2d(widths[0])
-        channels = widths[0]
-        for i, width in enumerate(widths):
-            blocks = []
-            for j in range(blocks_per_stage):
-                stride = 2 if i > 0 and j == 0 else 1
-                blocks.append(BasicBlock(channels, width, stride))
-                channels = width
-            self.add_module(f'layer{i + 1}', nn.Sequential(*blocks))
+        for i, stage in enumerate(make_stages(widths[0], widths, blocks_per_stage)):
+            self.add_module(f'layer{i + 1}', stage)
         self.num_stages = len(widths)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:

@@ -70,9 +70,7 @@ def fit_linear_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: 
     model.eval()
     with torch.no_grad():
         for b in x.split(250):
-            h = model.relu(model.bn1(model.conv1(b)))
-            h = model.layer3(model.layer2(model.layer1(h)))
-            feats.append(torch.flatten(model.avgpool(h), 1))
+            feats.append(model.forward_features(b).mean((2, 3)))
     f = torch.cat(feats)
     f = (f - f.mean(0)) / (f.std(0) + 1e-6)
     opt = torch.optim.Adam(model.fc.parameters(), lr=0.05)
