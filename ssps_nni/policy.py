@@ -143,8 +143,6 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     return path
 
 
-atomic_write_text = atomic_write
-
 
 def load_policy(path: str | os.PathLike) -> Policy:
     """Read and validate a policy file; raises ``PolicyError`` (unreadable, not JSON, malformed)."""

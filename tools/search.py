@@ -59,6 +59,9 @@ def parse_candidates(text: str) -> tuple[int, ...]:
         raise InputError(f'--candidates {text!r} is not a list of bit-widths; accepted: {CANDIDATE_FORM}') from None
     if not values:
         raise InputError(f'--candidates is empty; accepted: {CANDIDATE_FORM}')
+    bad = [v for v in values if not 2 <= v <= 32]
+    if bad:
+        raise InputError(f'--candidates {text!r} has bit-width {bad[0]} outside 2..32; accepted: {CANDIDATE_FORM}')
     return values
 
 
@@ -178,6 +181,10 @@ def main(argv=None) -> int:
         cfg = Config.fromfile(args.config)
         apply_args(cfg, args)
         validate(cfg)
+        if args.resume and cfg.get('load_from') is None and not osp.isfile(osp.join(cfg.work_dir, 'last_checkpoint')):
+            raise InputError(f'--resume found no checkpoint of an earlier search in {cfg.work_dir} '
+                             '(no last_checkpoint file); give the --work-dir of the interrupted run, '
+                             'or leave out --resume to start a new search')
         runner = Runner.from_cfg(cfg)
         runner.train()
     except (InputError, SSPSError) as err:

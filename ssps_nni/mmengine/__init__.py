@@ -1,11 +1,12 @@
-"""mmengine driver of SSPS: ``SSPSHook`` plus CIFAR ResNet-20 and CIFAR-10 dataset registrations.
+"""mmengine driver of SSPS: ``SSPSHook``, ``QuantPolicyHook``, CIFAR ResNet-20 and CIFAR-10 registrations.
 
 Importing this package registers, so that a config only needs::
 
     custom_imports = dict(imports=['ssps_nni.mmengine'], allow_failed_imports=False)
     custom_hooks = [dict(type='SSPSHook', budget='bitops=W4A4')]
 
-- ``SSPSHook`` in mmengine's root ``HOOKS`` (found under ``default_scope`` mmpretrain and mmdet);
+- ``SSPSHook`` (search) and ``QuantPolicyHook`` (retrain a policy) in mmengine's root ``HOOKS``
+  (found under ``default_scope`` mmpretrain and mmdet);
 - ``ResNet20CIFAR`` in mmpretrain's ``MODELS``;
 - ``CIFAR10Subset`` and ``CIFAR10Folder`` in mmpretrain's ``DATASETS``;
 - torch's ``weights_only`` safe globals for mmengine checkpoints (torch >= 2.6).
@@ -16,6 +17,7 @@ register_safe_globals()
 
 from .datasets import CIFAR10Folder, CIFAR10Subset  # noqa: E402
 from .hook import SSPSHook  # noqa: E402
+from .qat import QuantPolicyHook  # noqa: E402
 from .resnet_cifar import ResNet20CIFAR  # noqa: E402
 
-__all__ = ['SSPSHook', 'ResNet20CIFAR', 'CIFAR10Subset', 'CIFAR10Folder', 'register_safe_globals']
+__all__ = ['SSPSHook', 'QuantPolicyHook', 'ResNet20CIFAR', 'CIFAR10Subset', 'CIFAR10Folder', 'register_safe_globals']

@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from mm_search_helpers import SEARCH_TOOL, SUBSET_CONFIG, run_search_tool
+from mm_search_helpers import SEARCH_TOOL, SUBSET_CONFIG, TRAIN_TOOL, run_search_tool
 
 TINY_CONFIG = """
 _base_ = [{base!r}]
@@ -38,6 +38,15 @@ def tiny_config(tmp_path_factory) -> Path:
 def search_tool():
     """``tools/search.py`` imported as a module (its ``main(argv)`` runs in-process)."""
     spec = importlib.util.spec_from_file_location('ssps_search_tool', SEARCH_TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='session')
+def train_tool():
+    """``tools/train.py`` imported as a module (its ``main(argv)`` runs in-process)."""
+    spec = importlib.util.spec_from_file_location('ssps_train_tool', TRAIN_TOOL)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -69,8 +69,9 @@ BAD_INPUT = [
     (['--budget', 'bitops=W4'], 'accepted forms'),
     (['--budget', 'latency=3ms'], 'accepted'),
     (['--candidates', '2,x,8'], 'comma-separated'),
-    (['--candidates', '2,40'], '1..32'),
-    (['--candidates', '1,2,4'], 'below 2'),
+    (['--candidates', '2,40'], 'bit-width 40 outside 2..32'),
+    (['--candidates', '1,2,4'], 'bit-width 1 outside 2..32'),
+    (['--resume'], 'found no checkpoint'),
     (['--load-from', 'no/such/checkpoint.pth'], 'not a local file'),
     (['--cfg-options', 'train_dataloader.dataset.archive=/no/such/subset.tar.gz'], 'does not exist'),
 ]
