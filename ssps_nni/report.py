@@ -7,7 +7,10 @@
   ``size``, ...), the policy's cost, its target and the ratio to it, and the ratios to the
   references FP32 and W8A8 (uniform 8-bit) that the search recorded, plus the all-minimum and
   all-maximum costs; and the MAC-unweighted mean bits;
-- ``<label>_bits.png``: the bits per layer (:func:`ssps_nni.policy.plot_policy`).
+- ``<label>_bits.png``: the bits per layer (:func:`ssps_nni.policy.plot_policy`);
+- with ``results`` (the ``train_result.json`` files of ``tools/train.py``): ``results.csv`` / a
+  third table: per retrained model its mode (policy, uniform WxAy, FP32), metrics (accuracy or
+  mAP), BitOPs and size, each also as a ratio to FP32.
 
 Costs come from each policy's ``totals`` (the search computed them on the profiled model); a
 policy without totals still gets its bits compared. Every file is written atomically.
@@ -23,7 +26,7 @@ from typing import Mapping
 
 from .policy import Policy, atomic_write, plot_policy
 
-__all__ = ["layer_rows", "comparison_rows", "markdown_report", "write_report", "unique_labels"]
+__all__ = ["layer_rows", "comparison_rows", "result_rows", "markdown_report", "write_report", "unique_labels"]
 
 _DISPLAY = {"bitops": (1e9, "GBitOPs"), "size": (8e6, "MB"), "bitfusion": (1e9, "Gbricks")}
 
@@ -107,6 +110,28 @@ def comparison_rows(policies: Mapping[str, Policy]) -> list[dict]:
     return rows
 
 
+def result_rows(results: Mapping[str, Mapping]) -> list[dict]:
+    """One row per retrained model from ``{label: train_result.json dict}`` (``tools/train.py``).
+
+    Keys: ``run``, ``mode``, ``bits`` (the policy path or ``WxAy``), one key per metric
+    (e.g. ``accuracy/top1``), ``bitops``, ``bitops_vs_fp32``, ``size_bytes``, ``size_vs_fp32``.
+
+    Raises:
+        ValueError: a result without ``mode``, ``metrics``, ``bitops`` or ``size``.
+    """
+    rows = []
+    for label, res in results.items():
+        missing = [k for k in ("mode", "metrics", "bitops", "size") if k not in res]
+        if missing:
+            raise ValueError(f"result {label!r} lacks {missing}: give train_result.json files of tools/train.py")
+        bitops, size = res["bitops"], res["size"]
+        rows.append({"run": label, "mode": res["mode"], "bits": res.get("policy") or res.get("uniform") or "fp32",
+                     **{k: v for k, v in res["metrics"].items()},
+                     "bitops": bitops["value"], "bitops_vs_fp32": bitops["value"] / bitops["fp32"],
+                     "size_bytes": size["value"] / 8, "size_vs_fp32": size["value"] / size["fp32"]})
+    return rows
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -117,8 +142,8 @@ def _ratio(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def markdown_report(policies: Mapping[str, Policy]) -> str:
-    """The Markdown text of the report: comparison table, then per-layer bits."""
+def markdown_report(policies: Mapping[str, Policy], results: Mapping[str, Mapping] | None = None) -> str:
+    """The Markdown text of the report: comparison table, per-layer bits, retrained models."""
     comp = comparison_rows(policies)
     comp_table = _md_table(
         ["policy", "cost", "value", "target", "/ target", "/ FP32", "/ W8A8", "min", "max", "mean W", "mean A", "repaired"],
@@ -139,7 +164,22 @@ def markdown_report(policies: Mapping[str, Policy]) -> str:
         "## Bits per layer",
         "`W<w>A<a>`: weight and input-activation bits; `*` pinned; `float` excluded from the search.",
         layer_table,
-    ]) + "\n"
+    ] + (_results_section(results) if results else [])) + "\n"
+
+
+def _results_section(results: Mapping[str, Mapping]) -> list[str]:
+    rows = result_rows(results)
+    metrics = [k for k in rows[0] if k not in ("run", "mode", "bits", "bitops", "bitops_vs_fp32",
+                                               "size_bytes", "size_vs_fp32")]
+    table = _md_table(
+        ["run", "mode", "bits", *metrics, "BitOPs", "/ FP32", "size", "/ FP32"],
+        [[r["run"], r["mode"], str(r["bits"]), *(f"{r[m]:.4g}" if isinstance(r.get(m), float) else str(r.get(m, "-"))
+                                                 for m in metrics),
+          format_cost("bitops", r["bitops"]), _ratio(r["bitops_vs_fp32"]),
+          format_cost("size", r["size_bytes"] * 8), _ratio(r["size_vs_fp32"])] for r in rows],
+    )
+    return ["## Retrained models", "Measured by `tools/train.py` (quantization-aware training under one "
+            "schedule); costs computed on the fixed model.", table]
 
 
 def _csv_text(rows: list[dict]) -> str:
@@ -151,13 +191,15 @@ def _csv_text(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def write_report(policies: Mapping[str, Policy], out_dir: str | os.PathLike, figures: bool = True) -> dict[str, Path]:
+def write_report(policies: Mapping[str, Policy], out_dir: str | os.PathLike, figures: bool = True,
+                 results: Mapping[str, Mapping] | None = None) -> dict[str, Path]:
     """Write ``report.md``, ``layers.csv``, ``comparison.csv`` and (``figures``) ``<label>_bits.png``.
 
     Args:
         policies: ``{label: Policy}`` in display order (labels become column names and file names).
         out_dir: folder, created if missing.
         figures: also draw each policy's bits per layer (needs matplotlib).
+        results: ``{label: train_result.json dict}``; adds ``results.csv`` and a table.
 
     Returns:
         ``{'markdown': path, 'layers_csv': path, 'comparison_csv': path, '<label>_png': path, ...}``.
@@ -169,10 +211,12 @@ def write_report(policies: Mapping[str, Policy], out_dir: str | os.PathLike, fig
         raise ValueError("write_report needs at least one policy")
     out = Path(out_dir)
     paths = {
-        "markdown": atomic_write(out / "report.md", markdown_report(policies)),
+        "markdown": atomic_write(out / "report.md", markdown_report(policies, results)),
         "layers_csv": atomic_write(out / "layers.csv", _csv_text(layer_rows(policies))),
         "comparison_csv": atomic_write(out / "comparison.csv", _csv_text(comparison_rows(policies))),
     }
+    if results:
+        paths["results_csv"] = atomic_write(out / "results.csv", _csv_text(result_rows(results)))
     if figures:
         for label, pol in policies.items():
             paths[f"{label}_png"] = plot_policy(pol, None, out / f"{label}_bits.png")

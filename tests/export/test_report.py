@@ -59,3 +59,42 @@ def test_cli_unreadable_policy(tmp_path):
                          capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 2
     assert "is not valid JSON" in res.stderr and not (tmp_path / "r").exists()
+
+
+def make_result(mode: str, top1: float, bitops: float, size_bits: float) -> dict:
+    return {"mode": mode, "policy": "p.json" if mode == "policy" else None,
+            "uniform": "W4A4" if mode == "uniform" else None, "metrics": {"accuracy/top1": top1},
+            "bitops": {"value": bitops, "fp32": 16e9}, "size": {"value": size_bits, "fp32": 8e6}}
+
+
+def test_results_table_puts_accuracy_next_to_cost(tmp_path):
+    import json
+
+    p1 = make_policy(4, 4, 1.8e9).save(tmp_path / "w4a4.json")
+    runs = {"qat": make_result("policy", 71.5, 1.8e9, 1e6), "qat_w4a4": make_result("uniform", 70.25, 2e9, 1.2e6)}
+    files = []
+    for name, res in runs.items():
+        (tmp_path / name).mkdir()
+        files.append(tmp_path / name / "train_result.json")
+        files[-1].write_text(json.dumps(res))
+    out = tmp_path / "report"
+    res = subprocess.run([sys.executable, str(ROOT / "tools/report.py"), str(p1), "--out", str(out), "--no-figures",
+                          "--results", *map(str, files)], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["run"], r["mode"], r["accuracy/top1"]) for r in rows] == [("qat", "policy", "71.5"),
+                                                                          ("qat_w4a4", "uniform", "70.25")]
+    assert float(rows[0]["bitops_vs_fp32"]) == 1.8e9 / 16e9 and float(rows[1]["size_bytes"]) == 1.5e5
+    text = (out / "report.md").read_text()
+    assert "## Retrained models" in text and "| qat | policy | p.json | 71.5 | 1.8 GBitOPs | 0.113 |" in text
+
+
+def test_results_that_are_not_train_results_are_refused(tmp_path):
+    p1 = make_policy(4, 4, 1.8e9).save(tmp_path / "w4a4.json")
+    bad = tmp_path / "r" / "train_result.json"
+    bad.parent.mkdir()
+    bad.write_text('{"mode": "policy"}')
+    res = subprocess.run([sys.executable, str(ROOT / "tools/report.py"), str(p1), "--out", str(tmp_path / "o"),
+                          "--results", str(bad)], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 2 and "lacks" in res.stderr and not (tmp_path / "o").exists()
