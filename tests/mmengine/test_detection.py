@@ -14,26 +14,14 @@ pytest.importorskip('mmdet')
 pytest.importorskip('pycocotools')
 
 from mmengine.config import Config  # noqa: E402
-from mmengine.hooks import Hook  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+from mm_search_helpers import metrics_recorder  # noqa: E402
 from ssps_nni.data import shared_data_root  # noqa: E402
 from ssps_nni.policy import load_policy  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / 'mmdet_configs' / 'coco_retinanet_r18_ssps_mini.py'
-
-
-class MetricsRecorder(Hook):
-    """Keeps the metrics of every validation run."""
-
-    priority = 'LOWEST'
-
-    def __init__(self):
-        self.metrics = []
-
-    def after_val_epoch(self, runner, metrics=None):
-        self.metrics.append(dict(metrics or {}))
 
 
 @pytest.fixture(scope='module')
@@ -103,7 +91,7 @@ def test_config_builds_and_converts(name, budget):
 def test_retinanet_r18_search_coco_mini(coco_root, tmp_path):
     cfg = mini_config(coco_root, tmp_path)
     runner = Runner.from_cfg(cfg)
-    recorder = MetricsRecorder()
+    recorder = metrics_recorder()
     runner.register_hook(recorder, priority='LOWEST')
     runner.train()
 

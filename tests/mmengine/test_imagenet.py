@@ -14,26 +14,14 @@ import pytest
 pytest.importorskip('mmpretrain')
 
 from mmengine.config import Config  # noqa: E402
-from mmengine.hooks import Hook  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+from mm_search_helpers import metrics_recorder  # noqa: E402
 from ssps_nni.data import shared_data_root  # noqa: E402
 from ssps_nni.policy import load_policy  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / 'mmdet_configs' / 'imagenet_resnet18_ssps_mini.py'
-
-
-class MetricsRecorder(Hook):
-    """Keeps the metrics of every validation run."""
-
-    priority = 'LOWEST'
-
-    def __init__(self):
-        self.metrics = []
-
-    def after_val_epoch(self, runner, metrics=None):
-        self.metrics.append(dict(metrics or {}))
 
 
 @pytest.fixture(scope='module')
@@ -121,7 +109,7 @@ def test_ann_file_matches_labels(imagenet_root, tmp_path):
 def test_resnet18_search_imagenet_mini(imagenet_root, tmp_path):
     cfg = mini_config(imagenet_root, tmp_path)
     runner = Runner.from_cfg(cfg)
-    recorder = MetricsRecorder()
+    recorder = metrics_recorder()
     runner.register_hook(recorder, priority='LOWEST')
     runner.train()
 
