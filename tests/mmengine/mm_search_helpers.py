@@ -37,3 +37,32 @@ def metrics_recorder():
             self.metrics.append(dict(metrics or {}))
 
     return MetricsRecorder()
+
+
+def shorten_search(cfg, steps: int):
+    """Make ``cfg``'s one ``SSPSHook`` a ``steps``-step search; log every step, save no checkpoint."""
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=-1, save_last=False)
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
+    ssps = [h for h in cfg.custom_hooks if h['type'] == 'SSPSHook']
+    assert len(ssps) == 1, cfg.custom_hooks
+    ssps[0].update(total_steps=steps, warmup_steps=1, calib_batches=1)
+    return cfg
+
+
+def check_config_converts(cfg, budget: str, models, register_all_modules):
+    """The config has one SSPSHook with ``budget``; its model builds offline and converts.
+
+    ``models`` / ``register_all_modules``: the downstream package's (mmdet or mmpretrain).
+    Returns the :class:`ssps_nni.search.SSPSSearch`.
+    """
+    from ssps_nni.search import SSPSSearch
+
+    hooks = [h for h in cfg.custom_hooks if h['type'] == 'SSPSHook']
+    assert len(hooks) == 1 and hooks[0]['budget'] == budget
+    assert cfg.custom_imports['imports'] == ['ssps_nni.mmengine']
+    register_all_modules()
+    model = models.build(cfg.model)
+    options = {k: v for k, v in hooks[0].items() if k not in ('type', 'calib_batches')}
+    search = SSPSSearch(model, options)
+    assert any(n.startswith('backbone.') for n in search.space.cells) and len(search.space.searched) > 10
+    return search

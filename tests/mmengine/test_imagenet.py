@@ -16,7 +16,7 @@ pytest.importorskip('mmpretrain')
 from mmengine.config import Config  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from mm_search_helpers import metrics_recorder  # noqa: E402
+from mm_search_helpers import check_config_converts, metrics_recorder, shorten_search  # noqa: E402
 from ssps_nni.data import shared_data_root  # noqa: E402
 from ssps_nni.policy import load_policy  # noqa: E402
 
@@ -65,12 +65,7 @@ def mini_config(root: Path, work_dir: Path, crop: int = 96, batch: int = 8, step
         pipeline[2].crop_size = crop                              # CenterCrop
     cfg.train_cfg = dict(by_epoch=True, max_epochs=1, val_interval=1)
     cfg.param_scheduler = dict(type='ConstantLR', factor=1.0, by_epoch=True)
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=-1, save_last=False)
-    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
-    ssps = [h for h in cfg.custom_hooks if h['type'] == 'SSPSHook']
-    assert len(ssps) == 1, cfg.custom_hooks
-    ssps[0].update(total_steps=steps, warmup_steps=1, calib_batches=1)
-    return cfg
+    return shorten_search(cfg, steps)
 
 
 @pytest.mark.parametrize('name, budget', [
@@ -85,17 +80,8 @@ def test_config_builds_and_converts(name, budget):
     from mmpretrain.registry import MODELS
     from mmpretrain.utils import register_all_modules
 
-    from ssps_nni.search import SSPSSearch
-
     cfg = Config.fromfile(str(REPO / 'mmdet_configs' / name))
-    hooks = [h for h in cfg.custom_hooks if h['type'] == 'SSPSHook']
-    assert len(hooks) == 1 and hooks[0]['budget'] == budget
-    assert cfg.custom_imports['imports'] == ['ssps_nni.mmengine']
-    register_all_modules()
-    model = MODELS.build(cfg.model)
-    options = {k: v for k, v in hooks[0].items() if k not in ('type', 'calib_batches')}
-    search = SSPSSearch(model, options)
-    assert any(n.startswith('backbone.') for n in search.space.cells) and len(search.space.searched) > 10
+    check_config_converts(cfg, budget, MODELS, register_all_modules)
 
 
 def test_ann_file_matches_labels(imagenet_root, tmp_path):
