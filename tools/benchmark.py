@@ -244,14 +244,15 @@ def multipath_space(model, candidates):
     return MultiPathSpace()
 
 
-def setup_darts(model, x, y, xv, yv, candidates, strategy: str = 'darts'):
-    """(d): NNI ``DARTS`` (softmax) or ``GumbelDARTS`` supernet over the multi-path space."""
+def setup_darts(model, x, y, xv, yv, candidates):
+    """(d): NNI's ``DARTS`` supernet over the multi-path space (``GumbelDARTS`` differs only in
+    its softmax, so its step costs the same)."""
     import nni.nas.strategy  # noqa: F401  (before oneshot: NNI_NOTES pitfall)
     import torch
-    from nni.nas.oneshot.pytorch.strategy import DARTS, GumbelDARTS
+    import torch.nn.functional as F
+    from nni.nas.oneshot.pytorch.strategy import DARTS
 
-    space = multipath_space(model, candidates)
-    supernet = (DARTS() if strategy == 'darts' else GumbelDARTS()).mutate_model(space)
+    supernet = DARTS().mutate_model(multipath_space(model, candidates))
     arch = list({id(p): p for m in supernet.modules() if hasattr(m, 'arch_parameters')
                  for p in m.arch_parameters()}.values())
     if not arch:
@@ -264,7 +265,6 @@ def setup_darts(model, x, y, xv, yv, candidates, strategy: str = 'darts'):
     # task optimizer on the rest; one iteration = architecture step, then weight step.
     arch_optimizer = torch.optim.Adam(arch, 3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
     optimizer = weight_optimizer([p for p in supernet.parameters() if id(p) not in arch_ids])
-    import torch.nn.functional as F
 
     def arch_step():
         arch_optimizer.zero_grad(set_to_none=True)
@@ -412,7 +412,8 @@ def _tool(name: str):
 def schedule_options(settings: dict, phase: dict, data_root: str | None) -> list[str]:
     """``--cfg-options`` of a run: its epochs, learning rate, data (and its size in smoke mode)."""
     e = phase['epochs']
-    opts = [f'optim_wrapper.optimizer.lr={phase["lr"]}', f'train_cfg.max_epochs={e}', f'train_cfg.val_interval={e}',
+    # no validation while training (val_interval past the end): tools/train.py tests the final model
+    opts = [f'optim_wrapper.optimizer.lr={phase["lr"]}', f'train_cfg.max_epochs={e}', f'train_cfg.val_interval={e + 1}',
             f'param_scheduler.T_max={e}', 'default_hooks.checkpoint.max_keep_ckpts=1', 'default_hooks.logger.interval=20']
     splits = ('train_dataloader', 'val_dataloader', 'test_dataloader')
     if data_root:
@@ -432,11 +433,19 @@ class RunCache:
     def __init__(self, out: Path, log):
         self.root = out / 'runs'
         self.log = log
+        self.memo: dict[str, tuple[str, dict]] = {}
 
     def get(self, name: str, settings: dict, run):
+        key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+        if name in self.memo and self.memo[name][0] == key:
+            return self.memo[name][1]
+        result = self._get(name, key, settings, run)
+        self.memo[name] = (key, result)
+        return result
+
+    def _get(self, name: str, key: str, settings: dict, run):
         folder = self.root / name
         marker = folder / 'done.json'
-        key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
         if marker.is_file():
             done = json.loads(marker.read_text())
             if done.get('key') == key:
@@ -535,6 +544,22 @@ def search_run(folder: Path, config: str, options: list[str], seed: int, budget:
             'final_s': decided_s if sequential else wall, 'search_s': wall, 'repaired': policy.meta['repaired']}
 
 
+def policy_bits(path: str) -> dict:
+    """``{layer: (w_bits, a_bits)}`` of a ``policy.json`` (quantized layers)."""
+    layers = json.loads(Path(path).read_text())['layers']
+    return {n: (e['w_bits'], e['a_bits']) for n, e in layers.items() if not e.get('excluded')}
+
+
+def uniform_bits(path: str, budget: str) -> dict:
+    """The uniform ``WxAy`` policy over the same layers (pinned layers at their bits)."""
+    from ssps_nni.convert import parse_bits_pair
+
+    uniform = parse_bits_pair(budget)
+    layers = json.loads(Path(path).read_text())['layers']
+    return {n: (e['w_bits'], e['a_bits']) if e.get('pinned') else uniform
+            for n, e in layers.items() if not e.get('excluded')}
+
+
 class Experiments:
     """The mmengine runs shared by the sequential and quality sections (cached, resumable)."""
 
@@ -568,6 +593,9 @@ class Experiments:
             name, mode = f'retrain_uniform_{budget}_s{seed}', ['--uniform', budget]
         else:
             policy = self.search(budget, seed, sequential)['policy']
+            if policy_bits(policy) == uniform_bits(policy, budget):
+                # e.g. the W2A2 budget with 2 bits the lowest candidate: the search had no choice
+                return dict(self.retrain('uniform', budget, seed), same_as_uniform=True)
             name = f'retrain_ssps_{budget}_{"seq" if sequential else "noseq"}_s{seed}'
             mode = ['--policy', policy]
         return self.cache.get(name, self._settings(phase=phase, fp32=fp32['checkpoint'], mode=mode, seed=seed),
@@ -595,8 +623,16 @@ def quality(exp: Experiments) -> dict:
                 'budget': budget, 'method': what, 'top1': _spread([r['top1'] for r in runs]),
                 'top1_runs': [r['top1'] for r in runs], 'bitops': _spread([r['bitops'] for r in runs]),
                 'search_cost_ratio': _spread([s['cost_ratio'] for s in searches]) if searches else None,
+                'same_as_uniform': [bool(r.get('same_as_uniform')) for r in runs] if what == 'ssps' else None,
             })
     return {'fp32': fp32, 'rows': rows}
+
+
+def mean_certainty(policy_path: str) -> float | None:
+    """Mean selection certainty (max probability) of a policy's searched decisions when fixed."""
+    layers = json.loads(Path(policy_path).read_text())['layers'].values()
+    values = [e['certainty'] for e in layers if not e.get('pinned') and e.get('certainty') is not None]
+    return statistics.fmean(values) if values else None
 
 
 def sequential(exp: Experiments) -> dict:
@@ -615,6 +651,7 @@ def sequential(exp: Experiments) -> dict:
             'search_s': _spread([s['search_s'] for s in searches]),
             'cost_ratio': _spread([s['cost_ratio'] for s in searches]),
             'policy_changes': _spread([s['policy_changes'] for s in searches]),
+            'certainty': _spread([mean_certainty(s['policy']) for s in searches]),
             'top1': _spread([r['top1'] for r in retrains]), 'top1_runs': [r['top1'] for r in retrains],
         })
     return {'budget': budget, 'rows': rows}
@@ -632,10 +669,11 @@ def _pm(s: dict | None, fmt: str = '{:.2f}') -> str:
 def markdown(results: dict) -> str:
     """The result tables (the body of docs/benchmarks.md's results)."""
     env = results['environment']
+    walls = ', '.join(f'{k} {v / 60:.1f} min' for k, v in results.get('section_s', {}).items())
     lines = [f'Mode `{results["mode"]}`, device `{env["device"]}`{" (" + env["gpu"] + ")" if env.get("gpu") else ""}, '
              f'CPU {env["cpu"]} ({env["cpu_count"]} cores, {env["torch_threads"]} torch threads); '
              f'torch {env["torch"]}, nni {env["nni"]}, mmengine {env["mmengine"]}, Python {env["python"]}; '
-             f'commit {env.get("commit")}.', '']
+             f'commit {env.get("commit")}. Wall time of each section (its own runs): {walls or "n/a"}.', '']
     if 'step-cost' in results:
         mem = 'peak allocated' if env['device'] == 'cuda' else 'saved-for-backward + params/grads/momentum'
         lines += ['### Cost per search step', '', f'Command: `{results.get("commands", {}).get("step-cost", "n/a")}`', '',
@@ -652,13 +690,15 @@ def markdown(results: dict) -> str:
         lines += ['### Sequential determination', '', f'Command: `{results.get("commands", {}).get("sequential", "n/a")}`', '',
                   f'Budget bitops={seq["budget"]}; mean ± std over seeds.', '',
                   '| sequential | search steps | policy stable from step | policy final at step | '
-                  's to final policy | search s | cost / target | argmax changes | retrained top-1 % |',
-                  '|---|---|---|---|---|---|---|---|---|']
+                  's to final policy | search s | cost / target | argmax changes | mean certainty at decision | '
+                  'retrained top-1 % |',
+                  '|---|---|---|---|---|---|---|---|---|---|']
         for r in seq['rows']:
             lines.append(f'| {"yes" if r["sequential"] else "no (argmax at end)"} | {_pm(r["steps"], "{:.0f}")} | '
                          f'{_pm(r["stable_step"], "{:.0f}")} | {_pm(r["final_step"], "{:.0f}")} | {_pm(r["final_s"], "{:.0f}")} | '
                          f'{_pm(r["search_s"], "{:.0f}")} | {_pm(r["cost_ratio"], "{:.3f}")} | '
-                         f'{_pm(r["policy_changes"], "{:.0f}")} | {_pm(r["top1"])} |')
+                         f'{_pm(r["policy_changes"], "{:.0f}")} | {_pm(r.get("certainty"), "{:.3f}")} | '
+                         f'{_pm(r["top1"])} |')
         lines.append('')
     if 'quality' in results:
         q = results['quality']
@@ -669,7 +709,10 @@ def markdown(results: dict) -> str:
         for r in q['rows']:
             runs = ', '.join(f'{v:.1f}' for v in r['top1_runs'] if v is not None)
             bitops = _pm({k: (v / 1e9 if isinstance(v, float) else v) for k, v in r['bitops'].items()}, '{:.4f}')
-            lines.append(f'| {r["budget"]} | {"SSPS" if r["method"] == "ssps" else "uniform"} | {_pm(r["top1"])} | '
+            what = 'uniform'
+            if r['method'] == 'ssps':
+                what = 'SSPS (found the uniform policy)' if all(r.get('same_as_uniform') or [False]) else 'SSPS'
+            lines.append(f'| {r["budget"]} | {what} | {_pm(r["top1"])} | '
                          f'[{runs}] | {bitops} | {_pm(r["search_cost_ratio"], "{:.3f}")} |')
         lines.append('')
     return '\n'.join(lines)
@@ -757,16 +800,19 @@ def main(argv=None) -> int:
     commands.update({s: command for s in sections})
     results.update({'mode': mode, 'settings': settings, 'commands': commands, 'environment': environment(device)})
     results['sections'] = [s for s in SECTIONS if s in results or s in sections]
+    walls = results.setdefault('section_s', {})
     if 'step-cost' in sections:
+        start = time.perf_counter()
         results['step-cost'] = step_cost(settings, device, log)
+        walls['step-cost'] = time.perf_counter() - start
     if set(sections) & {'sequential', 'quality'}:
         os.chdir(ROOT)  # the configs' relative paths (data/, mmdet_configs/)
         exp = Experiments(settings, out, data_root, log)
-        if 'quality' in sections:
-            results['quality'] = quality(exp)
-        if 'sequential' in sections:
-            results['sequential'] = sequential(exp)
-    results.setdefault('wall_s', {}).update({'+'.join(sections): time.perf_counter() - started})
+        for name, run in (('quality', quality), ('sequential', sequential)):
+            if name in sections:  # seconds of this section's own runs (cached runs are free)
+                start = time.perf_counter()
+                results[name] = run(exp)
+                walls[name] = time.perf_counter() - start
     atomic_write(out / 'results.json', json.dumps(results, indent=2, default=str) + '\n')
     text = markdown(results)
     atomic_write(out / 'results.md', text + '\n')
