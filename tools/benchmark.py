@@ -315,51 +315,70 @@ def state_bytes(model) -> int:
     return 3 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
-def measure_steps(phases, model, warmup: int, steps: int, device: str) -> dict:
-    """Median seconds of one step (every phase once) and peak memory in MiB.
+def run_step(phases, device: str) -> float:
+    """Seconds of one step: every phase (forward, backward, optimizer step) once."""
+    import torch
 
-    CUDA: ``torch.cuda.max_memory_allocated`` over the timed steps. CPU: the largest
-    :class:`SavedTensorMeter` over the phases plus :func:`state_bytes`.
+    if device == 'cuda':
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for phase in phases:
+        phase()
+    if device == 'cuda':
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def time_round_robin(configs: list, warmup: int, steps: int, device: str) -> list[list[float]]:
+    """Step times of every config, taken in turns (one step each, order reversed every round).
+
+    Turns spread the drift of a shared machine (other tenants, clock, thermals) over every
+    config alike, so the ratios measured in one process are fair. Returns per config the seconds
+    of its ``steps`` timed steps, after ``warmup`` untimed ones.
+    """
+    for phases in configs:
+        for _ in range(warmup):
+            run_step(phases, device)
+    times = [[] for _ in configs]
+    for k in range(steps):
+        order = range(len(configs)) if k % 2 == 0 else reversed(range(len(configs)))
+        for i in order:
+            times[i].append(run_step(configs[i], device))
+    return times
+
+
+def step_memory(phases, model, device: str) -> tuple[float, float | None]:
+    """``(memory MiB, saved-for-backward MiB or None)`` of one step of ``model``.
+
+    CUDA: what the step allocates above what was allocated before it (``max_memory_allocated``),
+    plus :func:`state_bytes`. CPU (torch keeps no peak counter): the largest
+    :class:`SavedTensorMeter` over the phases, plus :func:`state_bytes`.
     """
     import torch
 
-    def sync():
-        if device == 'cuda':
-            torch.cuda.synchronize()
-
-    for _ in range(warmup):
-        for phase in phases:
-            phase()
-    sync()
     if device == 'cuda':
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        for phase in phases:
+        run_step(phases, device)
+        extra = torch.cuda.max_memory_allocated() - before
+        return (extra + state_bytes(model)) / MIB, None
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    peaks = []
+    for phase in phases:
+        meter = SavedTensorMeter(params)
+        with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
             phase()
-        sync()
-        times.append(time.perf_counter() - start)
-    if device == 'cuda':
-        memory = torch.cuda.max_memory_allocated() / MIB
-        saved = None
-    else:
-        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        peaks = []
-        for phase in phases:
-            meter = SavedTensorMeter(params)
-            with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
-                phase()
-            peaks.append(meter.nbytes)
-        saved = max(peaks) / MIB
-        memory = saved + state_bytes(model) / MIB
-    return {'step_s': statistics.median(times), 'times_s': times, 'memory_mib': memory, 'saved_mib': saved}
+        peaks.append(meter.nbytes)
+    return (max(peaks) + state_bytes(model)) / MIB, max(peaks) / MIB
 
 
 def step_cost(settings: dict, device: str, log) -> list[dict]:
-    """Section 1: one row per (network, method, candidates); ratios to (b) of the same network."""
-    import gc
+    """Section 1: one row per (network, method, candidates); ratios to (b) of the same network.
 
+    Every config of a network is built first and timed in turns (:func:`time_round_robin`);
+    the time is the median of its timed steps; memory is measured afterwards, one config at a time.
+    """
     import torch
 
     rows = []
@@ -371,27 +390,29 @@ def step_cost(settings: dict, device: str, log) -> list[dict]:
         x, y, xv, yv = (t.to(device) for t in (x, y, xv, yv))
         plan = [('fp32', None), ('qat', None)]
         plan += [(m, n) for n in settings['candidates'] for m in ('ssps', 'darts')]
+        built = []
         for method, n in plan:
             torch.manual_seed(0)
             model = build_network(net)[0].to(device).train()
-            label, setup = METHODS[method]
-            phases, module = setup(model, x, y, xv, yv, CANDIDATE_SETS.get(n))
-            warmup, steps = settings.get(f'steps_{net}', (settings['warmup'], settings['steps']))
-            result = measure_steps(phases, module, warmup, steps, device)
-            row = dict(network=net, batch=batch, input=size, method=method, label=label, candidates=n, steps=steps,
-                       candidate_bits=list(CANDIDATE_SETS[n]) if n else None, phases=len(phases), **result)
-            rows.append(row)
-            log(f'step-cost {net} b{batch} {label}{f" n={n}" if n else ""}: {result["step_s"]:.3f} s/step, '
-                f'{result["memory_mib"]:.0f} MiB')
-            del phases, module, model
-            gc.collect()
-            if device == 'cuda':
-                torch.cuda.empty_cache()
-        base = next(r for r in rows if r['network'] == net and r['method'] == 'qat')
-        for r in rows:
-            if r['network'] == net:
-                r['time_ratio'] = r['step_s'] / base['step_s']
-                r['memory_ratio'] = r['memory_mib'] / base['memory_mib']
+            built.append(METHODS[method][1](model, x, y, xv, yv, CANDIDATE_SETS.get(n)))
+        warmup, steps = settings.get(f'steps_{net}', (settings['warmup'], settings['steps']))
+        times = time_round_robin([phases for phases, _ in built], warmup, steps, device)
+        net_rows = []
+        for (method, n), (phases, module), t in zip(plan, built, times):
+            memory, saved = step_memory(phases, module, device)
+            label = METHODS[method][0]
+            net_rows.append(dict(
+                network=net, batch=batch, input=size, method=method, label=label, candidates=n, steps=steps,
+                candidate_bits=list(CANDIDATE_SETS[n]) if n else None, phases=len(phases),
+                step_s=statistics.median(t), times_s=t, memory_mib=memory, saved_mib=saved))
+            log(f'step-cost {net} b{batch} {label}{f" n={n}" if n else ""}: {statistics.median(t):.3f} s/step, '
+                f'{memory:.0f} MiB')
+        del built
+        base = next(r for r in net_rows if r['method'] == 'qat')
+        for r in net_rows:
+            r['time_ratio'] = r['step_s'] / base['step_s']
+            r['memory_ratio'] = r['memory_mib'] / base['memory_mib']
+        rows += net_rows
     return rows
 
 
@@ -675,9 +696,11 @@ def markdown(results: dict) -> str:
              f'torch {env["torch"]}, nni {env["nni"]}, mmengine {env["mmengine"]}, Python {env["python"]}; '
              f'commit {env.get("commit")}. Wall time of each section (its own runs): {walls or "n/a"}.', '']
     if 'step-cost' in results:
-        mem = 'peak allocated' if env['device'] == 'cuda' else 'saved-for-backward + params/grads/momentum'
+        mem = ('allocated by the step + params/grads/momentum' if env['device'] == 'cuda'
+               else 'saved-for-backward + params/grads/momentum')
         lines += ['### Cost per search step', '', f'Command: `{results.get("commands", {}).get("step-cost", "n/a")}`', '',
-                  f'Median of the timed steps; memory: {mem}. Ratios are to (b) W4A4 QAT of the same network.', '',
+                  f'Median of the timed steps (configs of a network timed in turns); memory: {mem}. '
+                  'Ratios are to (b) W4A4 QAT of the same network.', '',
                   '| network | batch | method | candidates | s/step | × (b) | memory MiB | × (b) |',
                   '|---|---|---|---|---|---|---|---|']
         for r in results['step-cost']:
