@@ -58,19 +58,25 @@ def test_smoke_quality_and_sequential_are_consistent(smoke):
         assert 0 <= row['top1']['mean'] <= 100
 
 
-def test_second_call_reuses_finished_runs(smoke):
+def test_second_call_reuses_finished_runs_and_redoes_a_broken_one(smoke):
     out, _ = smoke
+    marker = out / 'runs' / 'retrain_uniform_W4A4_s0' / 'done.json'
+    marker.write_text(marker.read_text()[:40])  # as if cut off
     result = _run('quality', '--smoke', '--out', out)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'reusing finished run retrain_ssps_W4A4_seq_s0' in result.stdout
     assert 'run fp32 ...' not in result.stdout
+    assert 'is unreadable' in result.stdout and 'run retrain_uniform_W4A4_s0 ...' in result.stdout
+    assert json.loads(marker.read_text())['result']['top1'] is not None
 
 
 @pytest.mark.parametrize('argv, message', [
     (['--smoke', '--seeds', 'a,b'], 'not a comma-separated list of integers'),
     (['nonsense', '--smoke'], "unknown section 'nonsense'"),
-    (['--quick', '--data-root', '/tmp'], '--data-root is for full mode'),
+    (['--quick', '--data-root', '/tmp'], '--data-root is used only by the sequential and quality sections'),
     (['quality', '--data-root', '/nonexistent'], 'has no train/ and test/ folders'),
+    (['--smoke', '--seeds=-1'], 'outside 0..2**32-1'),
+    (['--smoke', '--seeds='], '--seeds is empty'),
 ])
 def test_bad_input_is_refused_before_any_run(argv, message, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location('ssps_benchmark_tool', BENCHMARK)
@@ -79,3 +85,14 @@ def test_bad_input_is_refused_before_any_run(argv, message, tmp_path, capsys):
     assert module.main([*argv, '--out', str(tmp_path / 'out')]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / 'out').exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location('ssps_benchmark_tool', BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    target = tmp_path / 'a_file'
+    target.write_text('keep me')
+    assert module.main(['step-cost', '--smoke', '--out', str(target)]) == 2
+    assert 'is not a writable folder' in capsys.readouterr().err
+    assert target.read_text() == 'keep me'

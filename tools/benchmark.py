@@ -1,6 +1,6 @@
 """Benchmarks of SSPS: cost per search step, sequential determination, quality at equal cost.
 
-    python tools/benchmark.py --quick                 # all three sections, reduced (CPU, ~50 min)
+    python tools/benchmark.py --quick                 # all three sections, reduced (CPU, ~35 min)
     python tools/benchmark.py quality --quick         # the quality run alone (< 20 min, 2 cores)
     python tools/benchmark.py [SECTION ...]           # full settings (meant for a GPU)
         [--out DIR] [--seeds 0,1] [--device cpu|cuda] [--data-root CIFAR10_FOLDER] [--smoke]
@@ -468,8 +468,12 @@ class RunCache:
         folder = self.root / name
         marker = folder / 'done.json'
         if marker.is_file():
-            done = json.loads(marker.read_text())
-            if done.get('key') == key:
+            try:
+                done = json.loads(marker.read_text())
+            except (ValueError, OSError) as err:
+                self.log(f'{marker} is unreadable ({err}); running {name} again')
+                done = {}
+            if isinstance(done, dict) and done.get('key') == key and isinstance(done.get('result'), dict):
                 self.log(f'reusing finished run {name}')
                 return done['result']
         if folder.exists():  # unfinished or other settings: start it again
@@ -529,7 +533,7 @@ def search_run(folder: Path, config: str, options: list[str], seed: int, budget:
 
         def __init__(self):
             self.ssps, self.changes, self.last, self.all_decided = None, [], None, None
-            self.start, self.steps = None, 0
+            self.start, self.steps, self.last_step_s = None, 0, None
 
         def before_train(self, runner):
             self.ssps = next(h for h in runner.hooks if type(h).__name__ == 'SSPSHook')
@@ -542,8 +546,9 @@ def search_run(folder: Path, config: str, options: list[str], seed: int, budget:
             if bits != self.last:
                 self.changes.append(search.step)
                 self.last = bits
+            self.last_step_s = time.perf_counter() - self.start
             if self.all_decided is None and search.done:
-                self.all_decided = (search.step, time.perf_counter() - self.start)
+                self.all_decided = (search.step, self.last_step_s)
 
     trace = PolicyTrace()
     runner = Runner.from_cfg(cfg)
@@ -558,11 +563,14 @@ def search_run(folder: Path, config: str, options: list[str], seed: int, budget:
     if trace.last is not None and final != dict(trace.last):
         stable = trace.steps
     totals = policy.meta['totals']['bitops']
-    decided_step, decided_s = trace.all_decided or (trace.steps, wall)
+    # both clocks start at the first training step (after loading and calibration) and end at the
+    # step that made the policy final: every decision fixed, or the last step without sequential
+    decided_step, decided_s = trace.all_decided or (trace.steps, trace.last_step_s)
     return {'policy': str(folder / 'policy.json'), 'bitops': totals['policy'], 'target': totals['target'],
             'cost_ratio': totals['policy'] / totals['target'], 'steps': trace.steps, 'stable_step': stable,
             'policy_changes': len(trace.changes), 'final_step': decided_step if sequential else trace.steps,
-            'final_s': decided_s if sequential else wall, 'search_s': wall, 'repaired': policy.meta['repaired']}
+            'final_s': decided_s if sequential else trace.last_step_s, 'search_s': wall,
+            'repaired': policy.meta['repaired']}
 
 
 def policy_bits(path: str) -> dict:
@@ -691,14 +699,19 @@ def markdown(results: dict) -> str:
     """The result tables (the body of docs/benchmarks.md's results)."""
     env = results['environment']
     walls = ', '.join(f'{k} {v / 60:.1f} min' for k, v in results.get('section_s', {}).items())
+
+    def seeds(section: str) -> str:
+        return ', '.join(map(str, results.get('section_settings', {}).get(section, {}).get('seeds', [])))
     lines = [f'Mode `{results["mode"]}`, device `{env["device"]}`{" (" + env["gpu"] + ")" if env.get("gpu") else ""}, '
              f'CPU {env["cpu"]} ({env["cpu_count"]} cores, {env["torch_threads"]} torch threads); '
              f'torch {env["torch"]}, nni {env["nni"]}, mmengine {env["mmengine"]}, Python {env["python"]}; '
-             f'commit {env.get("commit")}. Wall time of each section (its own runs): {walls or "n/a"}.', '']
+             f'last call at commit {env.get("commit")}. Wall time of each section (the runs its last call did; reused runs '
+             f'cost nothing): {walls or "n/a"}.', '']
     if 'step-cost' in results:
         mem = ('allocated by the step + params/grads/momentum' if env['device'] == 'cuda'
                else 'saved-for-backward + params/grads/momentum')
-        lines += ['### Cost per search step', '', f'Command: `{results.get("commands", {}).get("step-cost", "n/a")}`', '',
+        lines += ['### Cost per search step', '', f'Command: `{results.get("commands", {}).get("step-cost", "n/a")}` '
+                  f'(commit {results.get("section_commit", {}).get("step-cost", env.get("commit"))})', '',
                   f'Median of the timed steps (configs of a network timed in turns); memory: {mem}. '
                   'Ratios are to (b) W4A4 QAT of the same network.', '',
                   '| network | batch | method | candidates | s/step | × (b) | memory MiB | × (b) |',
@@ -710,8 +723,9 @@ def markdown(results: dict) -> str:
         lines.append('')
     if 'sequential' in results:
         seq = results['sequential']
-        lines += ['### Sequential determination', '', f'Command: `{results.get("commands", {}).get("sequential", "n/a")}`', '',
-                  f'Budget bitops={seq["budget"]}; mean ± std over seeds.', '',
+        lines += ['### Sequential determination', '', f'Command: `{results.get("commands", {}).get("sequential", "n/a")}` '
+                  f'(commit {results.get("section_commit", {}).get("sequential", env.get("commit"))})', '',
+                  f'Budget bitops={seq["budget"]}; mean ± std over seeds {seeds("sequential")}.', '',
                   '| sequential | search steps | policy stable from step | policy final at step | '
                   's to final policy | search s | cost / target | argmax changes | mean certainty at decision | '
                   'retrained top-1 % |',
@@ -725,9 +739,10 @@ def markdown(results: dict) -> str:
         lines.append('')
     if 'quality' in results:
         q = results['quality']
-        lines += ['### Quality at equal BitOPs (real CIFAR-10, ResNet-20)', '', f'Command: `{results.get("commands", {}).get("quality", "n/a")}`', '',
+        lines += ['### Quality at equal BitOPs (real CIFAR-10, ResNet-20)', '', f'Command: `{results.get("commands", {}).get("quality", "n/a")}` '
+                  f'(commit {results.get("section_commit", {}).get("quality", env.get("commit"))})', '',
                   f'FP32 start: top-1 {q["fp32"]["top1"]:.2f} %, {q["fp32"]["bitops"] / 1e9:.2f} GBitOPs. '
-                  'Mean ± std over seeds (runs in brackets).', '',
+                  f'Mean ± std over seeds {seeds("quality")} (runs in brackets).', '',
                   '| budget | policy | top-1 % | runs | GBitOPs | search cost / target |', '|---|---|---|---|---|---|']
         for r in q['rows']:
             runs = ', '.join(f'{v:.1f}' for v in r['top1_runs'] if v is not None)
@@ -768,13 +783,16 @@ def resolve(args) -> tuple[str, dict, list[str], str, str | None]:
     sections = [s for s in SECTIONS if not args.sections or 'all' in args.sections or s in args.sections]
     mode = 'smoke' if args.smoke else 'quick' if args.quick else 'full'
     settings = copy.deepcopy(MODES[mode])
-    if args.seeds:
+    if args.seeds is not None:
         try:
             settings['seeds'] = tuple(int(s) for s in args.seeds.split(',') if s.strip())
         except ValueError:
             raise InputError(f'--seeds {args.seeds!r} is not a comma-separated list of integers') from None
         if not settings['seeds']:
-            raise InputError('--seeds is empty')
+            raise InputError('--seeds is empty; give seeds such as 0,1')
+        bad = [s for s in settings['seeds'] if not 0 <= s < 2 ** 32]
+        if bad:
+            raise InputError(f'--seeds: seed {bad[0]} is outside 0..2**32-1 (what torch and numpy accept)')
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     if device == 'cuda' and not torch.cuda.is_available():
         raise InputError('--device cuda: no CUDA device is available; use --device cpu')
@@ -789,7 +807,8 @@ def resolve(args) -> tuple[str, dict, list[str], str, str | None]:
                              'or use --quick (the shipped subset)')
         data_root = str(Path(data_root).resolve())
     elif args.data_root:
-        raise InputError('--data-root is for full mode; --quick and --smoke use the shipped CIFAR-10 subset')
+        raise InputError('--data-root is used only by the sequential and quality sections in full mode; '
+                         '--quick and --smoke use the shipped CIFAR-10 subset, step-cost uses no data root')
     return mode, settings, sections, device, data_root
 
 
@@ -803,7 +822,15 @@ def main(argv=None) -> int:
     from ssps_nni.policy import atomic_write
 
     out = Path(args.out or ROOT / 'work_dirs' / f'benchmark_{mode}').resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / '.write-test'
+        probe.write_text('')
+        probe.unlink()
+    except OSError as err:
+        print(f'benchmark.py: error: --out {str(out)!r} is not a writable folder ({err.strerror}); '
+              'give a folder that exists or can be created', file=sys.stderr)
+        return 2
     started = time.perf_counter()
 
     def log(msg: str):
@@ -818,27 +845,33 @@ def main(argv=None) -> int:
             results = {}
         if results.get('mode') != mode:
             results = {}
-    commands = dict(results.get('commands', {}))
     command = 'python tools/benchmark.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
-    commands.update({s: command for s in sections})
-    results.update({'mode': mode, 'settings': settings, 'commands': commands, 'environment': environment(device)})
-    results['sections'] = [s for s in SECTIONS if s in results or s in sections]
-    walls = results.setdefault('section_s', {})
+    results.update({'mode': mode, 'environment': environment(device)})
+    for key in ('commands', 'section_settings', 'section_s', 'section_commit'):
+        results.setdefault(key, {})
+
+    def save(name: str, value, seconds: float) -> None:
+        """Record a finished section (with its command and settings) and write the results now."""
+        results[name] = value
+        results['commands'][name] = command
+        results['section_settings'][name] = settings
+        results['section_s'][name] = seconds
+        results['section_commit'][name] = results['environment'].get('commit')
+        results['sections'] = [s for s in SECTIONS if s in results]
+        atomic_write(out / 'results.json', json.dumps(results, indent=2, default=str) + '\n')
+        atomic_write(out / 'results.md', markdown(results) + '\n')
+
     if 'step-cost' in sections:
         start = time.perf_counter()
-        results['step-cost'] = step_cost(settings, device, log)
-        walls['step-cost'] = time.perf_counter() - start
+        save('step-cost', step_cost(settings, device, log), time.perf_counter() - start)
     if set(sections) & {'sequential', 'quality'}:
         os.chdir(ROOT)  # the configs' relative paths (data/, mmdet_configs/)
         exp = Experiments(settings, out, data_root, log)
         for name, run in (('quality', quality), ('sequential', sequential)):
-            if name in sections:  # seconds of this section's own runs (cached runs are free)
+            if name in sections:  # seconds of this call's runs (reused runs cost nothing)
                 start = time.perf_counter()
-                results[name] = run(exp)
-                walls[name] = time.perf_counter() - start
-    atomic_write(out / 'results.json', json.dumps(results, indent=2, default=str) + '\n')
+                save(name, run(exp), time.perf_counter() - start)
     text = markdown(results)
-    atomic_write(out / 'results.md', text + '\n')
     print('\n' + text)
     print(f'results: {out / "results.json"}, {out / "results.md"} ({time.perf_counter() - started:.0f} s)')
     return 0
