@@ -702,6 +702,11 @@ def markdown(results: dict) -> str:
 
     def seeds(section: str) -> str:
         return ', '.join(map(str, results.get('section_settings', {}).get(section, {}).get('seeds', [])))
+
+    def header(title: str, section: str) -> list[str]:
+        command = results.get('commands', {}).get(section, 'n/a')
+        commit = results.get('section_commit', {}).get(section, env.get('commit'))
+        return [f'### {title}', '', f'Command: `{command}` (commit {commit})', '']
     lines = [f'Mode `{results["mode"]}`, device `{env["device"]}`{" (" + env["gpu"] + ")" if env.get("gpu") else ""}, '
              f'CPU {env["cpu"]} ({env["cpu_count"]} cores, {env["torch_threads"]} torch threads); '
              f'torch {env["torch"]}, nni {env["nni"]}, mmengine {env["mmengine"]}, Python {env["python"]}; '
@@ -710,8 +715,7 @@ def markdown(results: dict) -> str:
     if 'step-cost' in results:
         mem = ('allocated by the step + params/grads/momentum' if env['device'] == 'cuda'
                else 'saved-for-backward + params/grads/momentum')
-        lines += ['### Cost per search step', '', f'Command: `{results.get("commands", {}).get("step-cost", "n/a")}` '
-                  f'(commit {results.get("section_commit", {}).get("step-cost", env.get("commit"))})', '',
+        lines += header('Cost per search step', 'step-cost') + [
                   f'Median of the timed steps (configs of a network timed in turns); memory: {mem}. '
                   'Ratios are to (b) W4A4 QAT of the same network.', '',
                   '| network | batch | method | candidates | s/step | × (b) | memory MiB | × (b) |',
@@ -723,8 +727,7 @@ def markdown(results: dict) -> str:
         lines.append('')
     if 'sequential' in results:
         seq = results['sequential']
-        lines += ['### Sequential determination', '', f'Command: `{results.get("commands", {}).get("sequential", "n/a")}` '
-                  f'(commit {results.get("section_commit", {}).get("sequential", env.get("commit"))})', '',
+        lines += header('Sequential determination', 'sequential') + [
                   f'Budget bitops={seq["budget"]}; mean ± std over seeds {seeds("sequential")}.', '',
                   '| sequential | search steps | policy stable from step | policy final at step | '
                   's to final policy | search s | cost / target | argmax changes | mean certainty at decision | '
@@ -739,8 +742,7 @@ def markdown(results: dict) -> str:
         lines.append('')
     if 'quality' in results:
         q = results['quality']
-        lines += ['### Quality at equal BitOPs (real CIFAR-10, ResNet-20)', '', f'Command: `{results.get("commands", {}).get("quality", "n/a")}` '
-                  f'(commit {results.get("section_commit", {}).get("quality", env.get("commit"))})', '',
+        lines += header('Quality at equal BitOPs (real CIFAR-10, ResNet-20)', 'quality') + [
                   f'FP32 start: top-1 {q["fp32"]["top1"]:.2f} %, {q["fp32"]["bitops"] / 1e9:.2f} GBitOPs. '
                   f'Mean ± std over seeds {seeds("quality")} (runs in brackets).', '',
                   '| budget | policy | top-1 % | runs | GBitOPs | search cost / target |', '|---|---|---|---|---|---|']
