@@ -25,6 +25,15 @@ def _run(*args, timeout=600):
 
 
 @pytest.fixture(scope='module')
+def benchmark_tool():
+    """``tools/benchmark.py`` imported as a module (its ``main(argv)`` runs in-process)."""
+    spec = importlib.util.spec_from_file_location('ssps_benchmark_tool', BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp('benchmark')
     result = _run('--smoke', '--out', out)
@@ -78,21 +87,15 @@ def test_second_call_reuses_finished_runs_and_redoes_a_broken_one(smoke):
     (['--smoke', '--seeds=-1'], 'outside 0..2**32-1'),
     (['--smoke', '--seeds='], '--seeds is empty'),
 ])
-def test_bad_input_is_refused_before_any_run(argv, message, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location('ssps_benchmark_tool', BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.main([*argv, '--out', str(tmp_path / 'out')]) == 2
+def test_bad_input_is_refused_before_any_run(argv, message, tmp_path, capsys, benchmark_tool):
+    assert benchmark_tool.main([*argv, '--out', str(tmp_path / 'out')]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / 'out').exists()
 
 
-def test_out_that_is_a_file_is_refused(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location('ssps_benchmark_tool', BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_out_that_is_a_file_is_refused(tmp_path, capsys, benchmark_tool):
     target = tmp_path / 'a_file'
     target.write_text('keep me')
-    assert module.main(['step-cost', '--smoke', '--out', str(target)]) == 2
+    assert benchmark_tool.main(['step-cost', '--smoke', '--out', str(target)]) == 2
     assert 'is not a writable folder' in capsys.readouterr().err
     assert target.read_text() == 'keep me'

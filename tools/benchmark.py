@@ -42,6 +42,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -106,7 +107,6 @@ def environment(device: str) -> dict:
     if device == 'cuda':
         env['gpu'] = torch.cuda.get_device_name(0)
     try:
-        import subprocess
         env['commit'] = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
                                        text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -116,19 +116,17 @@ def environment(device: str) -> dict:
 
 # -- 1. cost per search step ---------------------------------------------------------------------
 
-def real_batch(batch: int, size: int, offset: int = 0):
-    """``(images (batch, 3, size, size) float, labels (batch,) int64)`` from the shipped subset.
+def real_batch(items: list[dict], batch: int, size: int, offset: int = 0):
+    """``(images (batch, 3, size, size) float, labels (batch,) int64)`` from ``items``.
 
-    Real CIFAR-10 images, normalised, resized (bilinear) to ``size``; labels 0..9 (valid for a
-    1000-class head too). Step time and memory do not depend on the pixel values.
+    ``items``: the shipped subset (``load_cifar10_subset('train')``). Real CIFAR-10 images,
+    normalised, resized (bilinear) to ``size``; labels 0..9 (valid for a 1000-class head too).
+    Step time and memory do not depend on the pixel values.
     """
     import numpy as np
     import torch
     import torch.nn.functional as F
 
-    from ssps_nni.data import load_cifar10_subset
-
-    items = load_cifar10_subset('train')
     picked = [items[(offset + i * 97) % len(items)] for i in range(batch)]  # all classes
     x = torch.from_numpy(np.stack([p['img'] for p in picked])).permute(0, 3, 1, 2).float() / 255.0
     x = (x - 0.47) / 0.25
@@ -138,15 +136,18 @@ def real_batch(batch: int, size: int, offset: int = 0):
     return x.contiguous(), y
 
 
-def build_network(name: str):
-    """``(model, input size, batch, classes)``: CIFAR ResNet-20 or torchvision ResNet-18."""
-    if name == 'resnet20':
-        from ssps_nni.models import resnet20
-        return resnet20(num_classes=10), 32, 128, 10
-    if name == 'resnet18':
-        import torchvision
-        return torchvision.models.resnet18(num_classes=1000), 224, 16, 1000
-    raise InputError(f'unknown network {name!r}; accepted: resnet20, resnet18')
+def _resnet20():
+    from ssps_nni.models import resnet20
+    return resnet20(num_classes=10)
+
+
+def _resnet18():
+    import torchvision
+    return torchvision.models.resnet18(num_classes=1000)
+
+
+#: network -> (builder, input size, batch) of the step-cost section.
+NETWORKS = {'resnet20': (_resnet20, 32, 128), 'resnet18': (_resnet18, 224, 16)}
 
 
 def weight_optimizer(params):
@@ -175,10 +176,9 @@ def setup_qat(model, x, y, xv, yv, candidates):
     from ssps_nni.convert import DEFAULT_PINNED_BITS, fixed_model, select_layers
 
     searched, pins = select_layers(model, None, None, 'default', DEFAULT_PINNED_BITS)
-    cells = fixed_model(model, {**{n: (4, 4) for n in searched}, **pins})
+    fixed_model(model, {**{n: (4, 4) for n in searched}, **pins})
     with torch.no_grad():
         model(x)  # LSQ step sizes from the first batch (lazy init)
-    del cells
     return [_float_step(model, weight_optimizer(model.parameters()), x, y)], model
 
 
@@ -381,19 +381,22 @@ def step_cost(settings: dict, device: str, log) -> list[dict]:
     """
     import torch
 
+    from ssps_nni.data import load_cifar10_subset
+
+    items = load_cifar10_subset('train')
     rows = []
     for net in settings['networks']:
-        _, size, batch, _ = build_network(net)
+        build, size, batch = NETWORKS[net]
         batch = settings.get('batch', batch)
-        x, y = real_batch(batch, size)
-        xv, yv = real_batch(batch, size, offset=batch)
+        x, y = real_batch(items, batch, size)
+        xv, yv = real_batch(items, batch, size, offset=batch)
         x, y, xv, yv = (t.to(device) for t in (x, y, xv, yv))
         plan = [('fp32', None), ('qat', None)]
         plan += [(m, n) for n in settings['candidates'] for m in ('ssps', 'darts')]
         built = []
         for method, n in plan:
             torch.manual_seed(0)
-            model = build_network(net)[0].to(device).train()
+            model = build().to(device).train()
             built.append(METHODS[method][1](model, x, y, xv, yv, CANDIDATE_SETS.get(n)))
         warmup, steps = settings.get(f'steps_{net}', (settings['warmup'], settings['steps']))
         times = time_round_robin([phases for phases, _ in built], warmup, steps, device)
@@ -509,7 +512,6 @@ def train_run(folder: Path, config: str, options: list[str], seed: int, mode: li
 def search_run(folder: Path, config: str, options: list[str], seed: int, budget: str,
                sequential: bool, load_from: str) -> dict:
     """``tools/search.py``'s steps in process, plus a hook tracing the argmax policy each step."""
-    from mmengine.config import Config
     from mmengine.hooks import Hook
     from mmengine.runner import Runner
 
@@ -520,9 +522,7 @@ def search_run(folder: Path, config: str, options: list[str], seed: int, budget:
     argv = [config, '--work-dir', str(folder), '--seed', str(seed), '--budget', f'bitops={budget}',
             '--load-from', load_from, '--cfg-options', *options,
             f'experiment_name={folder.name}_{os.getpid()}']
-    args = tool.parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    tool.apply_args(cfg, args)
+    cfg = tool.build_config(tool.parse_args(argv))
     if not sequential:
         tool.ssps_hook_cfg(cfg).update(threshold=None, schedule='none')
     tool.validate(cfg)
@@ -557,10 +557,9 @@ def search_run(folder: Path, config: str, options: list[str], seed: int, budget:
     runner.train()
     wall = time.perf_counter() - start
     policy = load_policy(folder / 'policy.json')
-    final = {name: (e['w_bits'], e['a_bits']) for name, e in policy.layers.items() if not e.get('excluded')}
     # the last step at which the argmax policy changed; the final fix/repair counts as a change
     stable = trace.changes[-1] if trace.changes else 0
-    if trace.last is not None and final != dict(trace.last):
+    if trace.last is not None and policy.bits() != dict(trace.last):
         stable = trace.steps
     totals = policy.meta['totals']['bitops']
     # both clocks start at the first training step (after loading and calibration) and end at the
@@ -573,20 +572,12 @@ def search_run(folder: Path, config: str, options: list[str], seed: int, budget:
             'repaired': policy.meta['repaired']}
 
 
-def policy_bits(path: str) -> dict:
-    """``{layer: (w_bits, a_bits)}`` of a ``policy.json`` (quantized layers)."""
-    layers = json.loads(Path(path).read_text())['layers']
-    return {n: (e['w_bits'], e['a_bits']) for n, e in layers.items() if not e.get('excluded')}
-
-
-def uniform_bits(path: str, budget: str) -> dict:
-    """The uniform ``WxAy`` policy over the same layers (pinned layers at their bits)."""
+def is_uniform(policy, budget: str) -> bool:
+    """True if every searched layer of ``policy`` (a core ``Policy``) is at ``budget``'s ``WxAy``."""
     from ssps_nni.convert import parse_bits_pair
 
     uniform = parse_bits_pair(budget)
-    layers = json.loads(Path(path).read_text())['layers']
-    return {n: (e['w_bits'], e['a_bits']) if e.get('pinned') else uniform
-            for n, e in layers.items() if not e.get('excluded')}
+    return all(bits == uniform for name, bits in policy.bits().items() if not policy.layers[name].get('pinned'))
 
 
 class Experiments:
@@ -621,8 +612,10 @@ class Experiments:
         if what == 'uniform':
             name, mode = f'retrain_uniform_{budget}_s{seed}', ['--uniform', budget]
         else:
+            from ssps_nni.policy import load_policy
+
             policy = self.search(budget, seed, sequential)['policy']
-            if policy_bits(policy) == uniform_bits(policy, budget):
+            if is_uniform(load_policy(policy), budget):
                 # e.g. the W2A2 budget with 2 bits the lowest candidate: the search had no choice
                 return dict(self.retrain('uniform', budget, seed), same_as_uniform=True)
             name = f'retrain_ssps_{budget}_{"seq" if sequential else "noseq"}_s{seed}'
@@ -659,7 +652,9 @@ def quality(exp: Experiments) -> dict:
 
 def mean_certainty(policy_path: str) -> float | None:
     """Mean selection certainty (max probability) of a policy's searched decisions when fixed."""
-    layers = json.loads(Path(policy_path).read_text())['layers'].values()
+    from ssps_nni.policy import load_policy
+
+    layers = load_policy(policy_path).layers.values()
     values = [e['certainty'] for e in layers if not e.get('pinned') and e.get('certainty') is not None]
     return statistics.fmean(values) if values else None
 

@@ -166,20 +166,31 @@ def print_result(work_dir: str) -> None:
     print(f'policy: {path}  figure: {path.with_suffix(".png")}')
 
 
+def build_config(args):
+    """The resolved config of this run (CLI > config), before :func:`validate`.
+
+    Raises:
+        InputError: the config file does not exist.
+    """
+    from mmengine.config import Config
+
+    if not osp.isfile(args.config):
+        raise InputError(f'config file {args.config!r} does not exist; give a path to an mmengine '
+                         f'config, or none for {DEFAULT_CONFIG.relative_to(ROOT)}')
+    cfg = Config.fromfile(args.config)
+    apply_args(cfg, args)
+    return cfg
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from mmengine.config import Config
     from mmengine.runner import Runner
 
     import ssps_nni.mmengine  # noqa: F401  (registries, torch safe globals)
     from ssps_nni.errors import SSPSError
 
     try:
-        if not osp.isfile(args.config):
-            raise InputError(f'config file {args.config!r} does not exist; give a path to an mmengine '
-                             f'config, or none for {DEFAULT_CONFIG.relative_to(ROOT)}')
-        cfg = Config.fromfile(args.config)
-        apply_args(cfg, args)
+        cfg = build_config(args)
         validate(cfg)
         if args.resume and cfg.get('load_from') is None and not osp.isfile(osp.join(cfg.work_dir, 'last_checkpoint')):
             raise InputError(f'--resume found no checkpoint of an earlier search in {cfg.work_dir} '
