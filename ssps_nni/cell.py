@@ -25,6 +25,9 @@ from torch import nn
 
 from .quant import (
     FLOAT_BITS,
+    ScoreTap,
+    activation_candidate_scores,
+    weight_candidate_scores,
     init_activation_scale,
     init_weight_scale,
     quantize_activation,
@@ -130,6 +133,8 @@ class QuantCellMixin:
         if k >= 0:
             return k, None
         sampler, layer = self._require_sampler()
+        if sampler.float_forward:
+            return -1, None
         if self.training:
             return sampler.sample(slot, layer, self.mask(slot))
         return sampler.argmax(slot, layer, self.mask(slot)), None
@@ -182,18 +187,48 @@ class QuantCellMixin:
         if not int(self.initialized):
             self._observe(x)  # lazy LSQ init from the first batch when nobody calibrated
             self.init_scales()
-        kw, hw = self._path("w")
-        ka, ha = self._path("a")
-        self.last_path = {"w": kw, "a": ka}
-        w_bits, a_bits = self.w_candidates[kw], self.a_candidates[ka]
-        w = self.weight
-        if w_bits < FLOAT_BITS:
-            w_q = quantize_weight(w, self.w_scale[kw].abs().clamp_min(1e-8), w_bits)
-            w = w_q if hw is None else w + hw.to(w.dtype) * (w_q - w)
-        if a_bits < FLOAT_BITS:
-            x_q = quantize_activation(x, self.a_scale[ka].abs().clamp_min(1e-8), a_bits, bool(int(self.a_signed)))
-            x = x_q if ha is None else x + ha.to(x.dtype) * (x_q - x)
-        return x, w
+        return self._operand("a", x), self._operand("w", self.weight)
+
+    def _operand(self, slot: str, v: torch.Tensor) -> torch.Tensor:
+        """The quantized weight or input along this forward's path (§3), tapped for scores (§3.1).
+
+        Forward value: exactly ``Q_k(v)`` (the fixed policy's value at the same bits), or with
+        the sampled signal ``v + h * (Q_k(v) - v)``. An open decision in training mode with the
+        dense signal passes through :class:`~ssps_nni.quant.ScoreTap`, so the one backward also
+        gives ``<dL/dv_q, Q_j(v) - v>`` for every candidate ``j``. In the sampler's
+        ``float_forward`` mode (sensitivity measurement) an open decision runs in float.
+        """
+        k, h = self._path(slot)
+        self.last_path[slot] = k
+        open_ = self._search is not None and self.fixed_index(slot) < 0
+        sampler = self._search[0] if open_ else None
+        if sampler is not None and sampler.float_forward:
+            v_q, bits = v, FLOAT_BITS
+        else:
+            bits = self.candidates(slot)[k]
+            v_q = self._quantize(slot, v, k)
+        if h is not None and bits < FLOAT_BITS:
+            v_q = v + h.to(v.dtype) * (v_q - v)
+        if sampler is not None and self.training and sampler.signal == "dense" and torch.is_grad_enabled():
+            probe = sampler.probe(slot, self._search[1], v.device)
+            v_q = ScoreTap.apply(v_q, v, probe, self._score_fn(slot))
+        return v_q
+
+    def _quantize(self, slot: str, v: torch.Tensor, k: int) -> torch.Tensor:
+        bits = self.candidates(slot)[k]
+        if bits >= FLOAT_BITS:
+            return v
+        if slot == "w":
+            return quantize_weight(v, self.w_scale[k].abs().clamp_min(1e-8), bits)
+        return quantize_activation(v, self.a_scale[k].abs().clamp_min(1e-8), bits, bool(int(self.a_signed)))
+
+    def _score_fn(self, slot: str):
+        bits, allowed = self.candidates(slot), self.mask(slot)
+        if slot == "w":
+            scales = self.w_scale
+            return lambda v, g: weight_candidate_scores(v, g, scales, bits, allowed)
+        scales, signed = self.a_scale, bool(int(self.a_signed))
+        return lambda v, g: activation_candidate_scores(v, g, scales, bits, signed, allowed)
 
 
 class QuantConv2d(QuantCellMixin, nn.Conv2d):

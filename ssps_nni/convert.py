@@ -282,7 +282,7 @@ def convert_model(
             raise CandidateError(f"pinned weight bits of {name!r} must be 2..32, got {w}")
     sampler = PathSampler(len(searched), w_c, a_c, tau=tau, seed=seed)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    for p in sampler.parameters():
+    for p in sampler.grad_tensors():
         p.data = p.data.to(device)
     order = [n for n, _ in model.named_modules() if n in pins or n in searched]
     cells = {}

@@ -168,7 +168,7 @@ class SequentialDecider:
 
     # -- decisions ---------------------------------------------------------------------------
 
-    def _fix(self, index: int, probs_row: torch.Tensor, step: int, cert: float) -> str:
+    def _fix(self, index: int, probs_row: torch.Tensor, step: int, cert: float, by: str = "schedule") -> str:
         layer, slot = self.space.decisions[index]
         masks = {"w": None, "a": None}
         masks["w"], masks["a"] = self._masks()
@@ -190,7 +190,7 @@ class SequentialDecider:
         label = self.space.label(layer, slot)
         self.decided[label] = {
             "step": int(step), "certainty": float(cert),
-            "bits": self.space.candidates[slot][chosen], "guarded": guarded,
+            "bits": self.space.candidates[slot][chosen], "guarded": guarded, "by": by,
         }
         return label
 
@@ -217,7 +217,7 @@ class SequentialDecider:
             if k >= 0 and label not in self.decided:
                 self.decided[label] = {
                     "step": int(step), "certainty": 1.0,
-                    "bits": self.space.candidates[slot][k], "guarded": False,
+                    "bits": self.space.candidates[slot][k], "guarded": False, "by": "prune",
                 }
 
     def decide(self, step: int, force_all: bool = False) -> list[str]:
@@ -239,7 +239,8 @@ class SequentialDecider:
             by_threshold = self.config.threshold is not None and float(cert[i]) >= self.config.threshold
             if not by_threshold and self.space.num_decided >= need:
                 break
-            fixed.append(self._fix(i, probs[i], step, float(cert[i])))
+            by = "threshold" if by_threshold else "final" if force_all else "schedule"
+            fixed.append(self._fix(i, probs[i], step, float(cert[i]), by))
         self.history.append({
             "step": int(step),
             "log10_size": self.space.log10_size(),
@@ -290,7 +291,7 @@ class SequentialDecider:
             _, layer, slot, lower = best
             self.space.fix(layer, slot, lower)
             label = self.space.label(layer, slot)
-            self.decided.setdefault(label, {"step": -1, "certainty": 0.0, "guarded": False})
+            self.decided.setdefault(label, {"step": -1, "certainty": 0.0, "guarded": False, "by": "repair"})
             self.decided[label].update(bits=self.space.candidates[slot][lower], repaired=True)
             self.repaired = True
 

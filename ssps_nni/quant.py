@@ -143,3 +143,88 @@ def init_activation_scale(mean_abs: float, bits: int, signed: bool) -> float:
         return 1.0
     q_max = activation_qrange(bits, signed)[1]
     return max(2 * mean_abs / math.sqrt(q_max), 1e-8)
+
+
+# -- dense per-candidate scores (docs/algorithm.md §3.1) -------------------------------------------
+
+def _fq_tensor(v: torch.Tensor, scale: torch.Tensor, quant_min: int, quant_max: int) -> torch.Tensor:
+    """Fused per-tensor fake quantize (no grad); same levels as :func:`fake_quantize`."""
+    zero = torch.zeros((), dtype=torch.int32, device=v.device)
+    return torch.fake_quantize_per_tensor_affine(v, scale.float().reshape(()), zero, quant_min, quant_max)
+
+
+def weight_candidate_scores(w: torch.Tensor, grad: torch.Tensor, scales: torch.Tensor, bits,
+                            allowed=None) -> torch.Tensor:
+    """First-order score of every weight candidate: ``s_j = <grad, Q_j(w) - w>`` (§3.1).
+
+    Args:
+        w: float weight ``(C_out, ...)``. grad: ``dL/dw_q``, same shape.
+        scales: per-channel step sizes ``(n, C_out)``, one row per candidate.
+        bits: the ``n`` candidate bit-widths (32: ``Q_j(w) = w``, score 0).
+        allowed: optional bool ``(n,)``; scores of other candidates are 0 (not computed).
+
+    Returns:
+        float32 ``(n,)``: the first-order change of the loss if ``w_q`` moved to ``Q_j(w)``.
+    """
+    out = torch.zeros(len(bits), dtype=torch.float32, device=w.device)
+    g = grad.reshape(grad.shape[0], -1).float()
+    w2 = w.detach().reshape(w.shape[0], -1).float()
+    for j, b in enumerate(bits):
+        if b >= FLOAT_BITS or (allowed is not None and not bool(allowed[j])):
+            continue
+        q_min, q_max = weight_qrange(b)
+        s = scales[j].detach().abs().clamp_min(1e-8).float().reshape(-1, 1)
+        err = torch.clamp(torch.round(w2 / s), q_min, q_max) * s - w2
+        out[j] = (g * err).sum()
+    return out
+
+
+def activation_candidate_scores(x: torch.Tensor, grad: torch.Tensor, scales: torch.Tensor, bits,
+                                signed: bool, allowed=None) -> torch.Tensor:
+    """First-order score of every input-activation candidate: ``s_j = <grad, Q_j(x) - x>`` (§3.1).
+
+    ``Q_j(x)`` is recomputed here (one fused fake-quantize pass per candidate), so nothing but
+    ``x`` is kept for the backward: step memory does not grow with the number of candidates.
+
+    Args:
+        x: layer input, any shape ``(N, ...)``. grad: ``dL/dx_q``, same shape.
+        scales: per-tensor step sizes ``(n,)``. bits: the ``n`` candidates. signed: input range.
+        allowed: optional bool ``(n,)``; scores of other candidates are 0.
+
+    Returns:
+        float32 ``(n,)``.
+    """
+    out = torch.zeros(len(bits), dtype=torch.float32, device=x.device)
+    xf = x.detach().float()
+    g = grad.float()
+    base = (g * xf).sum()
+    for j, b in enumerate(bits):
+        if b >= FLOAT_BITS or (allowed is not None and not bool(allowed[j])):
+            continue
+        q_min, q_max = activation_qrange(b, signed)
+        q = _fq_tensor(xf, scales[j].detach().abs().clamp_min(1e-8), q_min, q_max)
+        out[j] = (g * q).sum() - base
+    return out
+
+
+class ScoreTap(torch.autograd.Function):
+    """Identity on ``v_q`` whose backward also yields the per-candidate scores (§3.1).
+
+    ``ScoreTap.apply(v_q, v, probe, score_fn)`` returns ``v_q``'s value unchanged and passes its
+    gradient ``g`` through unchanged; the gradient given to ``probe`` (shape ``(n,)``) is
+    ``score_fn(v, g)``, e.g. :func:`activation_candidate_scores`. Drivers reduce and unscale it
+    like any logit gradient, so data-parallel ranks and AMP see the same scores.
+    """
+
+    @staticmethod
+    def forward(ctx, v_q, v, probe, score_fn):
+        ctx.save_for_backward(v)
+        ctx.score_fn = score_fn
+        return v_q.view_as(v_q)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (v,) = ctx.saved_tensors
+        with torch.no_grad():
+            scores = ctx.score_fn(v, grad)
+        return grad, None, scores, None

@@ -37,10 +37,39 @@ class PathSampler:
         self.tau = float(tau)
         self.uniform = False
         self.generator = torch.Generator().manual_seed(int(seed))
+        # dense signal (§3.1): cells tap every candidate's score into probe[slot].grad
+        self.signal = "dense"
+        self.probes = {
+            slot: torch.zeros(num_layers, len(self.candidates[slot]), requires_grad=True) for slot in SLOTS
+        }
+        # sensitivity mode: open decisions run in float (no quantization), scores still tapped
+        self.float_forward = False
 
     def parameters(self) -> list[nn.Parameter]:
         """The logits, in a fixed order (``w`` then ``a``), for the logits optimizer."""
         return [self.logits[slot] for slot in SLOTS]
+
+    def grad_tensors(self) -> list[torch.Tensor]:
+        """Logits and score probes: every tensor whose ``.grad`` a driver reduces over ranks and unscales."""
+        return self.parameters() + [self.probes[slot] for slot in SLOTS]
+
+    def probe(self, slot: str, layer: int, device) -> torch.Tensor:
+        """Row ``layer`` of the score probe of ``slot`` (on ``device``), for :class:`~ssps_nni.quant.ScoreTap`."""
+        probe = self.probes[slot]
+        if probe.device != torch.device(device):
+            probe.data = probe.data.to(device)
+            if probe.grad is not None:
+                probe.grad = probe.grad.to(device)
+        return probe[layer]
+
+    def take_scores(self) -> dict[str, torch.Tensor]:
+        """The raw per-candidate scores gathered since the last call, ``{slot: (L, n)}``; clears them."""
+        out = {}
+        for slot in SLOTS:
+            probe = self.probes[slot]
+            out[slot] = torch.zeros_like(probe.detach()) if probe.grad is None else probe.grad.detach().clone()
+            probe.grad = None
+        return out
 
     def probs(self, slot: str, masks: torch.Tensor) -> torch.Tensor:
         """Masked softmax ``p = softmax(alpha)`` over allowed candidates; shape ``(L, n)``.
@@ -59,7 +88,9 @@ class PathSampler:
         Gumbel straight-through: ``y = softmax((alpha + g) / tau)``, ``k = argmax(y)``,
         ``h = onehot(k) - stop_grad(y) + y``; returns ``(k, h[k])`` where ``h[k]`` is a 0-dim
         tensor equal to 1 whose gradient reaches every allowed logit of the decision.
-        During warm-up ``k`` is uniform over the allowed candidates and ``h`` is None.
+        During warm-up ``k`` is uniform over the allowed candidates and ``h`` is None; with the
+        dense signal (``signal='dense'``, §3.1) ``h`` is None too: the logits learn from the
+        tapped scores, not through the sampled path's residual.
 
         Args:
             mask: bool ``(n,)`` of allowed candidates.
@@ -72,9 +103,12 @@ class PathSampler:
         logits = self.logits[slot][layer]
         u = torch.rand(logits.shape, generator=self.generator).clamp_(1e-10, 1.0 - 1e-7)
         gumbel = -torch.log(-torch.log(u)).to(logits.device)
-        masked = logits.masked_fill(~allowed.to(logits.device), -math.inf)
-        y = torch.softmax((masked + gumbel) / self.tau, dim=-1)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.signal != "dense"):
+            masked = logits.masked_fill(~allowed.to(logits.device), -math.inf)
+            y = torch.softmax((masked + gumbel) / self.tau, dim=-1)
         k = int(y.argmax())
+        if self.signal == "dense":
+            return k, None
         y_k = y[k]
         return k, (1.0 - y_k).detach() + y_k
 

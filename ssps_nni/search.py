@@ -25,9 +25,10 @@ from .cell import CELL_TYPES
 from .convert import DEFAULT_CANDIDATES, DEFAULT_PINNED_BITS, SearchSpace, convert_model
 from .cost import SpaceCost, build_cost_model, parse_budgets, profile_layers
 from .decider import Constraint, DeciderConfig, SequentialDecider
-from .penalty import ConstraintLoss
+from .penalty import PENALTY_FORMS, ConstraintLoss, penalty_term
 from .policy import Policy
 from .sampler import SLOTS, TemperatureSchedule
+from .scores import SCORE_FORMS, ScoreAverage, lagrange_multipliers, normalized
 
 
 @dataclass
@@ -40,12 +41,21 @@ class SearchConfig:
             to the weight candidates.
         include, exclude, pinned, pinned_bits: which layers (``convert.py``).
         cost_options: ``{cost name: kwargs}``, e.g. ``{'lut': {'path': 'lut.json'}}``.
-        penalty, lam, beta: constraint loss form and weights (§5).
+        signal: ``'dense'`` (default): the logits learn from every candidate's score, tapped in
+            the one backward (§3.1); ``'sampled'``: only through the sampled path's residual (§3).
+        score, score_ema: form of the dense scores (``'squared'`` Fisher-style or ``'signed'``)
+            and the decay of their running average (0: each step alone), ``scores.py``.
+        penalty, lam, beta: constraint form and weights (§5); ``'lagrange'`` (default, dense
+            signal only) prices the budget with a multiplier found from the scores.
+        fill: after the last decision, raise bits where the scores gain most per unit of cost
+            until no candidate fits the budgets (§5).
         tau_max, tau_min: temperature schedule (§3).
         total_steps, warmup_steps, interval: the search length, warm-up and decision interval,
             in optimizer steps (§6).
         threshold, certainty, schedule, prune_epsilon, guard: sequential determination (§6).
-        logits_lr, logits_betas, logits_weight_decay: Adam on the logits (§7).
+        logits_lr, logits_betas, logits_weight_decay: Adam on the logits (§7). ``logits_lr=None``
+            (default) follows the search length (§3.2): ``max(3e-3, logits_move / search_steps)``
+            with ``search_steps = total_steps - warmup_steps``.
         seed: seed of the path sampler.
 
     Raises:
@@ -60,7 +70,10 @@ class SearchConfig:
     pinned: object = "default"
     pinned_bits: object = DEFAULT_PINNED_BITS
     cost_options: dict = field(default_factory=dict)
-    penalty: str = "abs"
+    signal: str = "dense"
+    score: str = "squared"
+    score_ema: float = 0.98
+    penalty: str = "lagrange"
     lam: float = 1.0
     beta: float = 0.6
     tau_max: float = 5.0
@@ -73,7 +86,9 @@ class SearchConfig:
     schedule: str = "linear"
     prune_epsilon: float | None = None
     guard: bool = True
-    logits_lr: float = 3e-3
+    fill: bool = True
+    logits_lr: float | None = None
+    logits_move: float = 10.0
     logits_betas: tuple = (0.5, 0.999)
     logits_weight_decay: float = 1e-3
     seed: int = 0
@@ -85,7 +100,23 @@ class SearchConfig:
             threshold=self.threshold, measure=self.certainty, schedule=self.schedule,
             prune_epsilon=self.prune_epsilon, guard=bool(self.guard),
         )
-        self.constraint_loss = ConstraintLoss(self.penalty, self.lam, self.beta)
+        if self.signal not in ("dense", "sampled"):
+            raise ValueError(f"unknown signal {self.signal!r}; accepted: dense, sampled")
+        if self.score not in SCORE_FORMS:
+            raise ValueError(f"unknown score form {self.score!r}; accepted: {', '.join(SCORE_FORMS)}")
+        if not 0 <= float(self.score_ema) < 1:
+            raise ValueError(f"score_ema must be in [0, 1), got {self.score_ema}")
+        if self.penalty == "lagrange":
+            if self.signal != "dense":
+                raise ValueError("penalty 'lagrange' needs signal='dense' (it prices the budget from the "
+                                 f"dense scores); with signal='sampled' use one of {', '.join(PENALTY_FORMS)}")
+            self.constraint_loss = None
+        else:
+            self.constraint_loss = ConstraintLoss(self.penalty, self.lam, self.beta)
+        if self.logits_lr is not None and not float(self.logits_lr) > 0:
+            raise ValueError(f"logits_lr must be > 0 or None (follow the search length), got {self.logits_lr}")
+        if not float(self.logits_move) > 0:
+            raise ValueError(f"logits_move must be > 0, got {self.logits_move}")
         unknown = set(self.cost_options) - {b.cost for b in self.budgets}
         if unknown:
             raise ValueError(f"cost_options for {sorted(unknown)} but no budget on those costs")
@@ -100,6 +131,13 @@ class SearchConfig:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def effective_logits_lr(self) -> float:
+        """The logits' learning rate: ``logits_lr``, or ``max(3e-3, logits_move / search_steps)`` (§3.2)."""
+        if self.logits_lr is not None:
+            return float(self.logits_lr)
+        return max(3e-3, float(self.logits_move) / max(int(self.total_steps) - int(self.warmup_steps), 1))
 
 
 class SSPSSearch:
@@ -129,10 +167,14 @@ class SSPSSearch:
         elif space.model is not model:
             raise ValueError("space.model must be the model given to SSPSSearch")
         self.space = space
+        space.sampler.signal = cfg.signal
+        self.scores = ScoreAverage({s: tuple(space.sampler.logits[s].shape) for s in SLOTS}, cfg.score, cfg.score_ema)
+        self.mu: list[float] = []
+        self.fill_info: dict | None = None
         self.excluded = [n for n, m in model.named_modules() if n and type(m) in CELL_TYPES]
         self.temperature = TemperatureSchedule(cfg.tau_max, cfg.tau_min, cfg.total_steps - cfg.warmup_steps)
         self.logits_optimizer = torch.optim.Adam(
-            self.space.sampler.parameters(), lr=cfg.logits_lr, betas=tuple(cfg.logits_betas),
+            self.space.sampler.parameters(), lr=cfg.effective_logits_lr, betas=tuple(cfg.logits_betas),
             weight_decay=cfg.logits_weight_decay,
         )
         self.profiles = None
@@ -207,6 +249,7 @@ class SSPSSearch:
         sampler = self.space.sampler
         sampler.uniform = self.in_warmup
         sampler.tau = self.temperature(max(self.step - self.config.warmup_steps, 0))
+        sampler.take_scores()  # scores of an earlier backward (e.g. a bi-level weight step) do not count
 
     def expected_costs(self) -> dict[str, torch.Tensor]:
         """``{cost: E[C]}`` under the current distribution (0-dim float64, differentiable)."""
@@ -217,10 +260,11 @@ class SSPSSearch:
     def loss_term(self, task_loss: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The constraint term to add to ``task_loss`` (§5) and its details for logging.
 
-        Zero (no graph) during warm-up, when the logits are frozen.
+        Zero (no graph) during warm-up, when the logits are frozen, and with the dense signal,
+        whose logits take the budget in :meth:`step_logits` instead (``scores.py``).
         """
         expected = self.expected_costs()
-        if self.in_warmup:
+        if self.in_warmup or self.config.signal == "dense":
             details = {f"ratio/{k}": float(v.detach()) / self.targets[k] for k, v in expected.items()}
             return torch.zeros((), device=task_loss.device), details
         return self.config.constraint_loss.extra(task_loss, expected, self.targets)
@@ -229,10 +273,48 @@ class SSPSSearch:
         return [p.grad for p in self.space.sampler.parameters()]
 
     def step_logits(self) -> None:
-        """One Adam step on the logits (skipped in warm-up), then clear their gradients."""
+        """One Adam step on the logits (skipped in warm-up), then clear their gradients.
+
+        With the dense signal (§3.1) the step's tapped scores (already reduced over ranks and
+        unscaled by the driver, like the logit gradients) update the running estimate ``D``
+        first, also during warm-up, and the logits descend ``J`` of ``scores.py``.
+        """
+        if self.config.signal == "dense":
+            raw = self.space.sampler.take_scores()
+            if all(bool(torch.isfinite(r).all()) for r in raw.values()):
+                open_rows = {s: self.space.masks(s).sum(1) > 1 for s in SLOTS}
+                self.scores.update(raw, open_rows)
+            if not self.in_warmup and self.scores.measured:
+                self.logits_optimizer.zero_grad(set_to_none=True)
+                self.logits_objective().backward()
         if not self.in_warmup:
             self.logits_optimizer.step()
         self.logits_optimizer.zero_grad(set_to_none=True)
+
+    def logits_objective(self) -> torch.Tensor:
+        """``J(alpha)`` of ``scores.py``: expected normalized loss increase plus the budget term."""
+        space = self.space
+        masks = {s: space.masks(s) for s in SLOTS}
+        d = normalized({s: self.scores.value(s) for s in SLOTS}, masks)
+        probs = {s: space.probs(s) for s in SLOTS}
+        device = probs["w"].device
+        j = sum((probs[s].double() * d[s].to(device)).sum() for s in SLOTS)
+        expected = self.expected_costs()
+        ratios = {k: expected[k] / self.targets[k] for k in self.targets}
+        if self.config.penalty == "lagrange":
+            names = list(self.costs)
+            self.mu = lagrange_multipliers(
+                d, masks, [self.costs[n].table for n in names],
+                [self.targets[n] - self.costs[n].pinned_cost for n in names], [self.targets[n] for n in names])
+            j = j + sum(m * ratios[n].to(device) for m, n in zip(self.mu, names))
+        elif self.config.penalty == "mul":
+            factor = 1.0
+            for r in ratios.values():
+                factor = factor * r.to(device) ** self.config.beta
+            j = j * factor
+        else:
+            j = j + self.config.lam * sum(penalty_term(r.to(device), self.config.penalty) for r in ratios.values())
+        return j
 
     def end_step(self, step: int) -> list[str]:
         """Run the decider if ``step`` (steps completed) is a decision point; returns new labels."""
@@ -248,7 +330,43 @@ class SSPSSearch:
         """Fix every open decision (guarded, repaired if needed) and return the policy."""
         self._require_prepared()
         self.decider.finalize(self.step if step is None else step)
+        if self.config.fill and self.fill_info is None:
+            self.fill_info = self.budget_fill()
         return self.policy()
+
+    def budget_fill(self, gains: dict | None = None) -> dict:
+        """Raise bits where the scores gain most per unit of cost until no candidate fits (§5).
+
+        Call when every decision is made. Gains are the running loss-increase estimates ``D``
+        (squared form for the dense signal; each slot's candidate order breaks ties when no
+        score was measured). Returns ``{'before': {cost: value}, 'after': {...}, 'raises': [...]}``.
+        """
+        from .solver import budget_fill
+
+        space = self.space
+        names = list(self.costs)
+        before = {n: self.costs[n].of_bits(space.bits()) for n in names}
+        w_idx = [space.fixed_index(l, "w") for l in range(len(space.searched))]
+        a_idx = [space.fixed_index(l, "a") for l in range(len(space.searched))]
+        if gains is None:
+            gains = {s: self.scores.value(s) for s in SLOTS}
+            if self.scores.form == "signed":
+                gains = {s: g.abs() for s, g in gains.items()}
+        constraints = [(self.costs[n].table, self.targets[n] - self.costs[n].pinned_cost) for n in names]
+        w_new, a_new, raises = budget_fill(w_idx, a_idx, constraints, gains["w"], gains["a"])
+        for l, (w, a) in enumerate(zip(w_new, a_new)):
+            for slot, k in (("w", w), ("a", a)):
+                if k != space.fixed_index(l, slot):
+                    label = space.label(l, slot)
+                    info = self.decider.decided.setdefault(label, {"step": self.step, "certainty": 0.0, "by": "fill"})
+                    info["filled_from"] = info.get("bits")
+                    info["bits"] = space.candidates[slot][k]
+                    space.fix(l, slot, k)
+        after = {n: self.costs[n].of_bits(space.bits()) for n in names}
+        readable = [{"layer": space.searched[r["layer"]], "slot": r["slot"],
+                     "from": space.candidates[r["slot"]][r["from"]], "to": space.candidates[r["slot"]][r["to"]]}
+                    for r in raises]
+        return {"before": before, "after": after, "raises": readable}
 
     def stats(self) -> dict[str, float]:
         """Scalars to log: expected cost / target per budget, decided, search-space size, tau."""
@@ -259,6 +377,8 @@ class SSPSSearch:
             out[f"expected/{name}"] = float(value)
             out[f"target/{name}"] = self.targets[name]
             out[f"ratio/{name}"] = float(value) / self.targets[name]
+        for name, mu in zip(self.costs, self.mu):
+            out[f"mu/{name}"] = mu
         out.update(num_decided=self.space.num_decided, num_decisions=self.space.num_decisions,
                    log10_space=self.space.log10_size(), tau=self.space.sampler.tau)
         return out
@@ -299,6 +419,8 @@ class SSPSSearch:
             "budgets": [{"cost": b.cost, "spec": b.spec, "target": self.targets[b.cost]} for b in self.config.budgets],
             "totals": totals,
             "repaired": self.decider.repaired,
+            "fill": self.fill_info,
+            "decisions": {label: dict(info) for label, info in self.decider.decided.items()},
             "num_decided": space.num_decided,
             "num_decisions": space.num_decisions,
             "step": self.step,
@@ -314,6 +436,8 @@ class SSPSSearch:
             "space": self.space.state_dict(),
             "decider": self.decider.state_dict(),
             "logits_optimizer": self.logits_optimizer.state_dict(),
+            "scores": self.scores.state_dict(),
+            "fill": self.fill_info,
             "step": self.step,
         }
 
@@ -323,4 +447,7 @@ class SSPSSearch:
         self.space.load_state_dict(state["space"])
         self.decider.load_state_dict(state["decider"])
         self.logits_optimizer.load_state_dict(state["logits_optimizer"])
+        if "scores" in state:
+            self.scores.load_state_dict(state["scores"])
+        self.fill_info = state.get("fill")
         self.step = int(state["step"])

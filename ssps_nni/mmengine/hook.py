@@ -219,12 +219,13 @@ class SSPSHook(Hook):
         if self.optim_wrapper is not None and not self.optim_wrapper.should_update():
             return
         search = self.search
-        params = search.space.sampler.parameters()
+        params = search.space.sampler.grad_tensors()  # logits and dense-score probes
         finite = reduce_logit_grads(params, self._scale)
         if finite and loss_scale(self.optim_wrapper) >= self._scale:
             search.step_logits()
         else:  # AMP overflow: the task optimizer skipped this step, so do the logits
             search.logits_optimizer.zero_grad(set_to_none=True)
+            search.space.sampler.take_scores()
         fixed = search.end_step(search.step + 1)
         self._log_scalars(runner)
         if fixed:

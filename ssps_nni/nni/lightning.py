@@ -42,7 +42,7 @@ class SSPSLightningModule(DartsLightningModule):
 
     def __init__(self, training_module, search: SSPSSearch, *, bilevel: bool = False,
                  gradient_clip_val: float | None = None, log_every_n_steps: int = 10):
-        super().__init__(training_module, arc_learning_rate=search.config.logits_lr,
+        super().__init__(training_module, arc_learning_rate=search.config.effective_logits_lr,
                          gradient_clip_val=gradient_clip_val, log_prob_every_n_step=log_every_n_steps)
         self.search = search
         self.bilevel = bilevel

@@ -70,8 +70,9 @@ def test_linear_cell_runs_one_matmul(n, monkeypatch):
 
 
 @pytest.mark.parametrize("n", [2, 6])
-def test_every_undecided_logit_gets_a_gradient(n):
+def test_sampled_signal_every_undecided_logit_gets_a_gradient(n):
     cell, sampler, x = make_conv_cell(CANDIDATES[n])
+    sampler.signal = "sampled"  # the residual form of §3; the dense signal is tested in test_scores.py
     cell.train()
     out = cell(x)
     out.mul(torch.randn_like(out)).sum().backward()
@@ -85,6 +86,7 @@ def test_every_undecided_logit_gets_a_gradient(n):
 
 def test_pruned_candidate_gets_no_gradient_and_is_never_sampled():
     cell, sampler, x = make_conv_cell(CANDIDATES[6])
+    sampler.signal = "sampled"
     cell.set_mask("w", torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.bool))
     cell.train()
     for _ in range(20):

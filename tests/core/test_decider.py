@@ -63,7 +63,7 @@ def test_threshold_fixes_the_certain_decisions_in_order():
     assert decider.decide(1) == ["conv1.a_bits", "conv2.w_bits"]
     assert {k: v["bits"] for k, v in decider.decided.items()} == {"conv1.a_bits": 2, "conv2.w_bits": 2}
     assert decider.decided["conv1.a_bits"] == {"step": 1, "certainty": pytest.approx(0.96), "bits": 2,
-                                               "guarded": False}
+                                               "guarded": False, "by": "threshold"}
     assert decider.decide(2) == []  # nothing else reaches the threshold
     assert search.space.num_decided == 2
     entry = decider.history[0]

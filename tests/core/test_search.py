@@ -90,8 +90,9 @@ def test_warmup_freezes_logits_and_samples_uniformly():
     assert search.space.sampler.tau == pytest.approx(5.0 * 0.1 ** 0.5)
 
 
-def test_loss_term_moves_the_logits_towards_the_budget():
-    model, search, _ = new_search(dict(budget="bitops=W2A2", warmup_steps=0, lam=10.0))
+def test_sampled_signal_loss_term_moves_the_logits_towards_the_budget():
+    model, search, _ = new_search(dict(budget="bitops=W2A2", warmup_steps=0, lam=10.0, signal="sampled",
+                                       penalty="abs", logits_lr=3e-3))
     search.begin_step(0)
     before = float(search.expected_costs()["bitops"].detach())
     for _ in range(5):

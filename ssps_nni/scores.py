@@ -1,0 +1,149 @@
+"""From dense per-candidate scores to logit updates (docs/algorithm.md §3.1, §5).
+
+Each search step, the cells' :class:`~ssps_nni.quant.ScoreTap` leave a raw first-order score
+``s[d, j] = <dL/dv_q, Q_j(v) - v>`` for every open decision ``d`` and candidate ``j``. This
+module turns them into an estimate ``D[d, j]`` of the loss increase of candidate ``j``:
+
+- ``form='squared'`` (default): ``s^2``, a Fisher-style estimate of the second-order loss increase
+  (HAWQ, FIT, AutoQuantize use the same quantity); ``form='signed'``: ``s`` itself;
+- ``ema`` in [0, 1): a running average ``D <- ema * D + (1 - ema) * new`` (bias-corrected, as
+  Adam's moments), ``ema=0`` uses each step's scores alone.
+
+The logits then descend the objective (the budget enters it, §5)::
+
+    J(alpha) = sum_d p_d . D_hat_d  +  sum_b mu_b * E[C_b] / T_b            (penalty 'lagrange')
+    J(alpha) = sum_d p_d . D_hat_d  +  lam * g(E[C_b] / T_b)                (penalty 'abs', ...)
+
+with ``D_hat = D / mean_d(max_j D - min_j D)`` (scale-free, so ``lam`` and Adam's weight decay
+mean the same on any model) and ``mu_b >= 0`` the smallest multipliers for which the per-layer
+minimiser of ``D_hat + sum_b mu_b C_b / T_b`` meets every budget (found by bisection): the price
+of the budget in units of estimated loss, so that neither term drowns the other.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .sampler import SLOTS
+
+SCORE_FORMS = ("squared", "signed")
+
+
+class ScoreAverage:
+    """Running estimate ``D`` of the per-candidate loss increase, ``{slot: (L, n)}`` float64.
+
+    Args:
+        shapes: ``{slot: (L, n)}``. form: ``'squared'`` or ``'signed'``. ema: decay in [0, 1).
+
+    Raises:
+        ValueError: unknown form or ``ema`` outside [0, 1).
+    """
+
+    def __init__(self, shapes: dict, form: str = "squared", ema: float = 0.98):
+        if form not in SCORE_FORMS:
+            raise ValueError(f"unknown score form {form!r}; accepted: {', '.join(SCORE_FORMS)}")
+        if not 0 <= ema < 1:
+            raise ValueError(f"score_ema must be in [0, 1), got {ema}")
+        self.form, self.ema = form, float(ema)
+        self.sum = {s: torch.zeros(shape, dtype=torch.float64) for s, shape in shapes.items()}
+        self.count = {s: torch.zeros(shape[0], dtype=torch.float64) for s, shape in shapes.items()}
+
+    def update(self, raw: dict, open_rows: dict) -> None:
+        """Fold one step's raw scores ``{slot: (L, n)}`` into the rows in ``open_rows`` (bool ``(L,)``)."""
+        for slot in SLOTS:
+            new = raw[slot].detach().double().cpu()
+            new = new * new if self.form == "squared" else new
+            rows = open_rows[slot].cpu()
+            self.sum[slot][rows] = self.ema * self.sum[slot][rows] + (1 - self.ema) * new[rows]
+            self.count[slot][rows] += 1
+
+    def value(self, slot: str) -> torch.Tensor:
+        """Bias-corrected ``D`` of ``slot``, ``(L, n)``; rows never measured are 0."""
+        count = self.count[slot]
+        corr = 1 - self.ema ** count
+        return torch.where(count[:, None] > 0, self.sum[slot] / corr.clamp_min(1e-12)[:, None],
+                           torch.zeros_like(self.sum[slot]))
+
+    @property
+    def measured(self) -> bool:
+        return bool(all(bool((c > 0).any()) for c in self.count.values()))
+
+    def state_dict(self) -> dict:
+        return {"sum": {s: t.clone() for s, t in self.sum.items()}, "count": {s: t.clone() for s, t in self.count.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for slot in SLOTS:
+            self.sum[slot].copy_(state["sum"][slot])
+            self.count[slot].copy_(state["count"][slot])
+
+
+def normalized(d: dict, masks: dict) -> dict:
+    """``D / mean over decisions of (max_j D - min_j D)`` over allowed candidates (§3.1)."""
+    spreads = []
+    for slot in SLOTS:
+        m = masks[slot]
+        hi = d[slot].masked_fill(~m, -math.inf).max(1).values
+        lo = d[slot].masked_fill(~m, math.inf).min(1).values
+        multi = m.sum(1) > 1
+        spreads.append((hi - lo)[multi])
+    spread = torch.cat(spreads)
+    scale = float(spread.mean()) if spread.numel() else 0.0
+    scale = scale if scale > 0 else 1.0
+    return {slot: d[slot] / scale for slot in SLOTS}
+
+
+def _argmin_costs(d_w, d_a, masks, tables, targets, mu):
+    """Per-layer minimiser of ``d_w[i] + d_a[j] + sum_b mu_b * table_b[i, j] / T_b``; its costs."""
+    obj = d_w[:, :, None] + d_a[:, None, :]
+    for m, table, t in zip(mu, tables, targets):
+        obj = obj + m * table / t
+    allowed = masks["w"][:, :, None] & masks["a"][:, None, :]
+    flat = obj.masked_fill(~allowed, math.inf).flatten(1).argmin(1)
+    rows = torch.arange(flat.shape[0])
+    return [float(table.flatten(1)[rows, flat].sum()) for table in tables]
+
+
+def lagrange_multipliers(d: dict, masks: dict, tables: list, limits: list, targets: list,
+                         rounds: int = 3, iters: int = 40) -> list[float]:
+    """The smallest ``mu_b >= 0`` whose per-layer minimiser meets every budget (§5).
+
+    Args:
+        d: ``{slot: (L, n)}`` normalized scores. masks: ``{slot: bool (L, n)}`` allowed candidates.
+        tables: per budget, float64 ``(L, n_w, n_a)`` cost of each searched layer.
+        limits: per budget, what the searched layers may cost (target minus pinned cost).
+        targets: per budget, the target ``T_b`` (scales ``mu`` to units of ``E[C] / T``).
+
+    Returns:
+        One multiplier per budget (0 where the unconstrained minimiser already fits). Several
+        budgets: cyclic bisection, ``rounds`` passes.
+    """
+    d_w, d_a = d["w"].double(), d["a"].double()
+    mu = [0.0] * len(tables)
+
+    def fits(values, b):
+        return _argmin_costs(d_w, d_a, masks, tables, targets, values)[b] <= limits[b] * (1 + 1e-9)
+
+    for _ in range(rounds if len(tables) > 1 else 1):
+        for b in range(len(tables)):
+            trial = list(mu)
+            trial[b] = 0.0
+            if fits(trial, b):
+                mu[b] = 0.0
+                continue
+            hi = 1.0
+            for _ in range(60):
+                trial[b] = hi
+                if fits(trial, b):
+                    break
+                hi *= 2
+            lo = 0.0
+            for _ in range(iters):
+                mid = 0.5 * (lo + hi)
+                trial[b] = mid
+                if fits(trial, b):
+                    hi = mid
+                else:
+                    lo = mid
+            mu[b] = hi
+    return mu
