@@ -73,6 +73,7 @@ class DeciderConfig:
     schedule: Literal["linear", "none"] = "linear"
     prune_epsilon: float | None = None
     guard: bool = True
+    schedule_start: float = 0.25
 
     def __post_init__(self):
         if self.total_steps < 1 or self.warmup_steps < 0 or self.interval < 1:
@@ -85,6 +86,8 @@ class DeciderConfig:
             raise ValueError(f"unknown certainty measure {self.measure!r}; accepted: {', '.join(CERTAINTY_MEASURES)}")
         if self.schedule not in ("linear", "none"):
             raise ValueError(f"schedule must be 'linear' or 'none', got {self.schedule!r}")
+        if not 0 <= self.schedule_start < 1:
+            raise ValueError(f"schedule_start must be in [0, 1), got {self.schedule_start}")
         if self.prune_epsilon is not None and not 0 < self.prune_epsilon < 1:
             raise ValueError(f"prune_epsilon must be in (0, 1) or None, got {self.prune_epsilon}")
 
@@ -148,12 +151,19 @@ class SequentialDecider:
         return certainty(self.probs(), self.config.measure)
 
     def required(self, step: int) -> int:
-        """How many decisions the schedule wants made by ``step``."""
+        """How many decisions the schedule wants made by ``step``.
+
+        Linear from ``schedule_start`` (a fraction of the steps after warm-up; before it only the
+        threshold decides, so the logits have time to move, docs/algorithm.md §3.2) to all
+        decisions at ``total_steps``.
+        """
         cfg, total = self.config, self.space.num_decisions
         if cfg.schedule == "none":
             return 0
         span = cfg.total_steps - cfg.warmup_steps
-        return min(total, math.ceil(total * max(step - cfg.warmup_steps, 0) / span - _TOL))
+        start = cfg.schedule_start * span
+        progress = max(step - cfg.warmup_steps - start, 0) / max(span - start, 1e-9)
+        return min(total, math.ceil(total * progress - _TOL))
 
     @property
     def done(self) -> bool:

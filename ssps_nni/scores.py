@@ -93,20 +93,29 @@ def normalized(d: dict, masks: dict) -> dict:
     return {slot: d[slot] / scale for slot in SLOTS}
 
 
-def _argmin_costs(d_w, d_a, masks, tables, targets, mu):
-    """Per-layer minimiser of ``d_w[i] + d_a[j] + sum_b mu_b * table_b[i, j] / T_b``; its costs."""
+def _argmin(d_w, d_a, masks, tables, targets, mu):
+    """Per-layer minimiser of ``d_w[i] + d_a[j] + sum_b mu_b * table_b[i, j] / T_b`` (flat pair index)."""
     obj = d_w[:, :, None] + d_a[:, None, :]
     for m, table, t in zip(mu, tables, targets):
         obj = obj + m * table / t
     allowed = masks["w"][:, :, None] & masks["a"][:, None, :]
-    flat = obj.masked_fill(~allowed, math.inf).flatten(1).argmin(1)
-    rows = torch.arange(flat.shape[0])
-    return [float(table.flatten(1)[rows, flat].sum()) for table in tables]
+    return obj.masked_fill(~allowed, math.inf).flatten(1).argmin(1)
+
+
+def _costs(choice, tables):
+    rows = torch.arange(choice.shape[0])
+    return [float(table.flatten(1)[rows, choice].sum()) for table in tables]
 
 
 def lagrange_multipliers(d: dict, masks: dict, tables: list, limits: list, targets: list,
                          rounds: int = 3, iters: int = 40) -> list[float]:
-    """The smallest ``mu_b >= 0`` whose per-layer minimiser meets every budget (§5).
+    """Multipliers ``mu_b >= 0`` that price each budget (§5).
+
+    For each budget, ``mu_lo`` is the smallest multiplier whose per-layer minimiser of
+    ``D + sum_b mu_b C_b / T_b`` meets the budget, and ``mu_hi`` the largest that still gives
+    the same minimiser; the result is their geometric mean, the centre of that interval, so
+    that no layer sits exactly at its point of indifference (where its preference would be
+    pure noise).
 
     Args:
         d: ``{slot: (L, n)}`` normalized scores. masks: ``{slot: bool (L, n)}`` allowed candidates.
@@ -116,13 +125,16 @@ def lagrange_multipliers(d: dict, masks: dict, tables: list, limits: list, targe
 
     Returns:
         One multiplier per budget (0 where the unconstrained minimiser already fits). Several
-        budgets: cyclic bisection, ``rounds`` passes.
+        budgets: cyclic, ``rounds`` passes.
     """
     d_w, d_a = d["w"].double(), d["a"].double()
     mu = [0.0] * len(tables)
 
+    def choice(values):
+        return _argmin(d_w, d_a, masks, tables, targets, values)
+
     def fits(values, b):
-        return _argmin_costs(d_w, d_a, masks, tables, targets, values)[b] <= limits[b] * (1 + 1e-9)
+        return _costs(choice(values), tables)[b] <= limits[b] * (1 + 1e-9)
 
     for _ in range(rounds if len(tables) > 1 else 1):
         for b in range(len(tables)):
@@ -139,11 +151,20 @@ def lagrange_multipliers(d: dict, masks: dict, tables: list, limits: list, targe
                 hi *= 2
             lo = 0.0
             for _ in range(iters):
-                mid = 0.5 * (lo + hi)
-                trial[b] = mid
-                if fits(trial, b):
-                    hi = mid
-                else:
-                    lo = mid
-            mu[b] = hi
+                trial[b] = 0.5 * (lo + hi)
+                lo, hi = (lo, trial[b]) if fits(trial, b) else (trial[b], hi)
+            mu_lo = hi
+            trial[b] = mu_lo
+            policy = choice(trial)
+            top = mu_lo
+            for _ in range(60):  # the largest multiplier with the same minimiser
+                trial[b] = top * 2
+                if not torch.equal(choice(trial), policy):
+                    break
+                top *= 2
+            lo, hi = top, top * 2
+            for _ in range(iters):
+                trial[b] = 0.5 * (lo + hi)
+                lo, hi = (trial[b], hi) if torch.equal(choice(trial), policy) else (lo, trial[b])
+            mu[b] = math.sqrt(mu_lo * lo)
     return mu

@@ -52,7 +52,9 @@ class SearchConfig:
         tau_max, tau_min: temperature schedule (§3).
         total_steps, warmup_steps, interval: the search length, warm-up and decision interval,
             in optimizer steps (§6).
-        threshold, certainty, schedule, prune_epsilon, guard: sequential determination (§6).
+        threshold, certainty, schedule, schedule_start, prune_epsilon, guard: sequential
+            determination (§6); the schedule forces nothing before ``schedule_start`` (a fraction
+            of the steps after warm-up).
         logits_lr, logits_betas, logits_weight_decay: Adam on the logits (§7). ``logits_lr=None``
             (default) follows the search length (§3.2): ``max(3e-3, logits_move / search_steps)``
             with ``search_steps = total_steps - warmup_steps``.
@@ -84,13 +86,14 @@ class SearchConfig:
     threshold: float | None = 0.9
     certainty: str = "max_prob"
     schedule: str = "linear"
+    schedule_start: float = 0.25
     prune_epsilon: float | None = None
     guard: bool = True
     fill: bool = True
     logits_lr: float | None = None
-    logits_move: float = 10.0
-    logits_betas: tuple = (0.5, 0.999)
-    logits_weight_decay: float = 1e-3
+    logits_move: float = 20.0
+    logits_betas: tuple = (0.5, 0.9)
+    logits_weight_decay: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -98,7 +101,7 @@ class SearchConfig:
         self.decider = DeciderConfig(
             total_steps=int(self.total_steps), warmup_steps=int(self.warmup_steps), interval=int(self.interval),
             threshold=self.threshold, measure=self.certainty, schedule=self.schedule,
-            prune_epsilon=self.prune_epsilon, guard=bool(self.guard),
+            schedule_start=float(self.schedule_start), prune_epsilon=self.prune_epsilon, guard=bool(self.guard),
         )
         if self.signal not in ("dense", "sampled"):
             raise ValueError(f"unknown signal {self.signal!r}; accepted: dense, sampled")
@@ -277,7 +280,10 @@ class SSPSSearch:
 
         With the dense signal (§3.1) the step's tapped scores (already reduced over ranks and
         unscaled by the driver, like the logit gradients) update the running estimate ``D``
-        first, also during warm-up, and the logits descend ``J`` of ``scores.py``.
+        first, also during warm-up; the logits' gradient is then the natural gradient of ``J``
+        of ``scores.py``: ``dJ/dp - sum_i p_i dJ/dp_i`` per decision, which does not vanish as
+        a decision becomes certain, so a consistent preference moves a logit by about the
+        learning rate every step (§3.2).
         """
         if self.config.signal == "dense":
             raw = self.space.sampler.take_scores()
@@ -286,34 +292,47 @@ class SSPSSearch:
                 self.scores.update(raw, open_rows)
             if not self.in_warmup and self.scores.measured:
                 self.logits_optimizer.zero_grad(set_to_none=True)
-                self.logits_objective().backward()
+                self._natural_gradient()
         if not self.in_warmup:
             self.logits_optimizer.step()
         self.logits_optimizer.zero_grad(set_to_none=True)
 
-    def logits_objective(self) -> torch.Tensor:
-        """``J(alpha)`` of ``scores.py``: expected normalized loss increase plus the budget term."""
+    def _natural_gradient(self) -> None:
         space = self.space
         masks = {s: space.masks(s) for s in SLOTS}
+        with torch.no_grad():
+            probs = {s: space.probs(s).detach().double().cpu() for s in SLOTS}
+        probs = {s: p.requires_grad_() for s, p in probs.items()}
+        objective = self.logits_objective(probs, masks)
+        grads = torch.autograd.grad(objective, [probs[s] for s in SLOTS])
+        for slot, g in zip(SLOTS, grads):
+            p = probs[slot].detach()
+            natural = (g - (p * g).sum(-1, keepdim=True)).masked_fill(~masks[slot], 0.0)
+            logits = space.sampler.logits[slot]
+            logits.grad = natural.to(logits.device, logits.dtype)
+
+    def logits_objective(self, probs: dict, masks: dict) -> torch.Tensor:
+        """``J(p)`` of ``scores.py``: expected normalized loss increase plus the budget term.
+
+        Args:
+            probs: ``{slot: (L, n)}`` float64 probabilities. masks: ``{slot: bool (L, n)}``.
+        """
         d = normalized({s: self.scores.value(s) for s in SLOTS}, masks)
-        probs = {s: space.probs(s) for s in SLOTS}
-        device = probs["w"].device
-        j = sum((probs[s].double() * d[s].to(device)).sum() for s in SLOTS)
-        expected = self.expected_costs()
-        ratios = {k: expected[k] / self.targets[k] for k in self.targets}
+        j = sum((probs[s] * d[s]).sum() for s in SLOTS)
+        ratios = {n: c.expected(probs["w"], probs["a"]).cpu() / self.targets[n] for n, c in self.costs.items()}
         if self.config.penalty == "lagrange":
             names = list(self.costs)
             self.mu = lagrange_multipliers(
                 d, masks, [self.costs[n].table for n in names],
                 [self.targets[n] - self.costs[n].pinned_cost for n in names], [self.targets[n] for n in names])
-            j = j + sum(m * ratios[n].to(device) for m, n in zip(self.mu, names))
+            j = j + sum(m * ratios[n] for m, n in zip(self.mu, names))
         elif self.config.penalty == "mul":
             factor = 1.0
             for r in ratios.values():
-                factor = factor * r.to(device) ** self.config.beta
+                factor = factor * r ** self.config.beta
             j = j * factor
         else:
-            j = j + self.config.lam * sum(penalty_term(r.to(device), self.config.penalty) for r in ratios.values())
+            j = j + self.config.lam * sum(penalty_term(r, self.config.penalty) for r in ratios.values())
         return j
 
     def end_step(self, step: int) -> list[str]:

@@ -32,7 +32,7 @@ ARGMAX_BITS = {"conv1.w_bits": 4, "conv1.a_bits": 2, "dw.w_bits": 8, "dw.a_bits"
 def make_search(budget="bitops=W8A8", **options) -> SSPSSearch:
     torch.manual_seed(0)
     model = HandNet()
-    config = dict(budget=budget, candidates=(2, 4, 8), pinned={"fc": "W8A8"}, total_steps=6)
+    config = dict(budget=budget, candidates=(2, 4, 8), pinned={"fc": "W8A8"}, total_steps=6, schedule_start=0.0)
     config.update(options)
     search = SSPSSearch(model, config)
     search.prepare(lambda: model(hand_input()), num_samples=2)
@@ -89,6 +89,13 @@ def test_schedule_with_warmup_and_interval():
     counts = [len(search.end_step(step)) for step in range(1, 11)]
     assert counts == [0, 0, 0, 0, 0, 2, 0, 2, 0, 2]
     assert search.done
+
+
+def test_schedule_start_leaves_the_first_steps_to_the_threshold():
+    search = make_search(total_steps=12, warmup_steps=2, schedule_start=0.5)
+    decider = search.decider
+    # span 10 steps, start after 5 of them: nothing forced up to step 7, then 6 decisions over 5 steps
+    assert [decider.required(s) for s in (2, 5, 7, 8, 10, 12)] == [0, 0, 0, 2, 4, 6]
 
 
 def test_linear_schedule_decides_everything_by_the_last_step_even_off_interval():

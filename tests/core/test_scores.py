@@ -158,7 +158,7 @@ def test_dense_search_logits_follow_the_scores_and_budget():
     search = SSPSSearch(model, dict(budget="bitops=W4A4", candidates=(2, 4, 8), pinned="none", total_steps=40,
                                     threshold=None, schedule="none", fill=False))
     search.prepare(lambda: model(hand_input(4)), num_samples=4)
-    assert search.logits_optimizer.param_groups[0]["lr"] == pytest.approx(10.0 / 40)  # §3.2 rule
+    assert search.logits_optimizer.param_groups[0]["lr"] == pytest.approx(20.0 / 40)  # §3.2 rule
     model.train()
     for step in range(30):
         search.begin_step(step)
