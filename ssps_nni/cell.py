@@ -228,7 +228,8 @@ class QuantCellMixin:
             scales = self.w_scale
             return lambda v, g: weight_candidate_scores(v, g, scales, bits, allowed)
         scales, signed = self.a_scale, bool(int(self.a_signed))
-        return lambda v, g: activation_candidate_scores(v, g, scales, bits, signed, allowed)
+        fraction = self._search[0].score_fraction
+        return lambda v, g: activation_candidate_scores(v, g, scales, bits, signed, allowed, fraction)
 
 
 class QuantConv2d(QuantCellMixin, nn.Conv2d):

@@ -147,12 +147,6 @@ def init_activation_scale(mean_abs: float, bits: int, signed: bool) -> float:
 
 # -- dense per-candidate scores (docs/algorithm.md §3.1) -------------------------------------------
 
-def _fq_tensor(v: torch.Tensor, scale: torch.Tensor, quant_min: int, quant_max: int) -> torch.Tensor:
-    """Fused per-tensor fake quantize (no grad); same levels as :func:`fake_quantize`."""
-    zero = torch.zeros((), dtype=torch.int32, device=v.device)
-    return torch.fake_quantize_per_tensor_affine(v, scale.float().reshape(()), zero, quant_min, quant_max)
-
-
 def weight_candidate_scores(w: torch.Tensor, grad: torch.Tensor, scales: torch.Tensor, bits,
                             allowed=None) -> torch.Tensor:
     """First-order score of every weight candidate: ``s_j = <grad, Q_j(w) - w>`` (§3.1).
@@ -180,31 +174,42 @@ def weight_candidate_scores(w: torch.Tensor, grad: torch.Tensor, scales: torch.T
 
 
 def activation_candidate_scores(x: torch.Tensor, grad: torch.Tensor, scales: torch.Tensor, bits,
-                                signed: bool, allowed=None) -> torch.Tensor:
+                                signed: bool, allowed=None, fraction: float = 1.0) -> torch.Tensor:
     """First-order score of every input-activation candidate: ``s_j = <grad, Q_j(x) - x>`` (§3.1).
 
-    ``Q_j(x)`` is recomputed here (one fused fake-quantize pass per candidate), so nothing but
-    ``x`` is kept for the backward: step memory does not grow with the number of candidates.
+    ``Q_j(x)`` is recomputed here (a few in-place elementwise passes per candidate), so nothing
+    but ``x`` is kept for the backward: step memory does not grow with the number of candidates.
 
     Args:
         x: layer input, any shape ``(N, ...)``. grad: ``dL/dx_q``, same shape.
         scales: per-tensor step sizes ``(n,)``. bits: the ``n`` candidates. signed: input range.
         allowed: optional bool ``(n,)``; scores of other candidates are 0.
+        fraction: share of the batch (first dimension, at least one sample) the scores are
+            computed on, to cut their cost. The partial sum over ``m`` of ``N`` samples is
+            multiplied by ``sqrt(N / m)``, so that its square (the default Fisher-style form)
+            matches a full-batch score in expectation when the per-sample terms are independent,
+            and stays comparable with the weights' full-batch scores.
 
     Returns:
         float32 ``(n,)``.
     """
     out = torch.zeros(len(bits), dtype=torch.float32, device=x.device)
-    xf = x.detach().float()
-    g = grad.float()
-    base = (g * xf).sum()
+    factor = 1.0
+    if fraction < 1.0 and x.dim() > 1 and x.shape[0] > 1:
+        m = max(1, math.ceil(x.shape[0] * fraction))
+        factor = math.sqrt(x.shape[0] / m)
+        x, grad = x[:m], grad[:m]
+    xf = x.detach().float().reshape(-1)
+    g = grad.float().reshape(-1)
+    base = torch.dot(g, xf)
     for j, b in enumerate(bits):
         if b >= FLOAT_BITS or (allowed is not None and not bool(allowed[j])):
             continue
         q_min, q_max = activation_qrange(b, signed)
-        q = _fq_tensor(xf, scales[j].detach().abs().clamp_min(1e-8), q_min, q_max)
-        out[j] = (g * q).sum() - base
-    return out
+        s = scales[j].detach().abs().clamp_min(1e-8).float()
+        q = torch.div(xf, s).round_().clamp_(q_min, q_max)
+        out[j] = torch.dot(g, q) * s - base
+    return out * factor if factor != 1.0 else out
 
 
 class ScoreTap(torch.autograd.Function):

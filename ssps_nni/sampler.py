@@ -42,6 +42,8 @@ class PathSampler:
         self.probes = {
             slot: torch.zeros(num_layers, len(self.candidates[slot]), requires_grad=True) for slot in SLOTS
         }
+        # share of the batch the activation scores use (quant.activation_candidate_scores)
+        self.score_fraction = 1.0
         # sensitivity mode: open decisions run in float (no quantization), scores still tapped
         self.float_forward = False
 

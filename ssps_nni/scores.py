@@ -14,8 +14,8 @@ The logits then descend the objective (the budget enters it, §5)::
     J(alpha) = sum_d p_d . D_hat_d  +  sum_b mu_b * E[C_b] / T_b            (penalty 'lagrange')
     J(alpha) = sum_d p_d . D_hat_d  +  lam * g(E[C_b] / T_b)                (penalty 'abs', ...)
 
-with ``D_hat = D / mean_d(max_j D - min_j D)`` (scale-free, so ``lam`` and Adam's weight decay
-mean the same on any model) and ``mu_b >= 0`` the smallest multipliers for which the per-layer
+with ``D_hat = D / mean_d(max_j D - min_j D)`` (scale-free, so ``lam`` means the same on any
+model) and ``mu_b >= 0`` the smallest multipliers for which the per-layer
 minimiser of ``D_hat + sum_b mu_b C_b / T_b`` meets every budget (found by bisection): the price
 of the budget in units of estimated loss, so that neither term drowns the other.
 """
@@ -47,23 +47,30 @@ class ScoreAverage:
             raise ValueError(f"score_ema must be in [0, 1), got {ema}")
         self.form, self.ema = form, float(ema)
         self.sum = {s: torch.zeros(shape, dtype=torch.float64) for s, shape in shapes.items()}
-        self.count = {s: torch.zeros(shape[0], dtype=torch.float64) for s, shape in shapes.items()}
+        self.count = {s: torch.zeros(shape, dtype=torch.float64) for s, shape in shapes.items()}
 
-    def update(self, raw: dict, open_rows: dict) -> None:
-        """Fold one step's raw scores ``{slot: (L, n)}`` into the rows in ``open_rows`` (bool ``(L,)``)."""
+    def update(self, raw: dict, masks: dict) -> None:
+        """Fold one step's raw scores ``{slot: (L, n)}`` into the open decisions.
+
+        Args:
+            masks: ``{slot: bool (L, n)}`` allowed candidates; a decision is open while it has
+                more than one. Only allowed candidates of open decisions are updated, so a
+                decided or pruned candidate keeps its last estimate (the budget fill reads it).
+        """
         for slot in SLOTS:
             new = raw[slot].detach().double().cpu()
             new = new * new if self.form == "squared" else new
-            rows = open_rows[slot].cpu()
-            self.sum[slot][rows] = self.ema * self.sum[slot][rows] + (1 - self.ema) * new[rows]
-            self.count[slot][rows] += 1
+            m = masks[slot].cpu()
+            cells = m & (m.sum(1, keepdim=True) > 1)
+            upd = self.ema * self.sum[slot] + (1 - self.ema) * new
+            self.sum[slot] = torch.where(cells, upd, self.sum[slot])
+            self.count[slot] = torch.where(cells, self.count[slot] + 1, self.count[slot])
 
     def value(self, slot: str) -> torch.Tensor:
         """Bias-corrected ``D`` of ``slot``, ``(L, n)``; rows never measured are 0."""
         count = self.count[slot]
         corr = 1 - self.ema ** count
-        return torch.where(count[:, None] > 0, self.sum[slot] / corr.clamp_min(1e-12)[:, None],
-                           torch.zeros_like(self.sum[slot]))
+        return torch.where(count > 0, self.sum[slot] / corr.clamp_min(1e-12), torch.zeros_like(self.sum[slot]))
 
     @property
     def measured(self) -> bool:

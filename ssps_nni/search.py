@@ -45,6 +45,8 @@ class SearchConfig:
             the one backward (§3.1); ``'sampled'``: only through the sampled path's residual (§3).
         score, score_ema: form of the dense scores (``'squared'`` Fisher-style or ``'signed'``)
             and the decay of their running average (0: each step alone), ``scores.py``.
+        score_fraction: share of each batch the activation scores are computed on, in (0, 1]
+            (their elementwise cost grows with the candidates; weights always use all).
         penalty, lam, beta: constraint form and weights (§5); ``'lagrange'`` (default, dense
             signal only) prices the budget with a multiplier found from the scores.
         fill: after the last decision, raise bits where the scores gain most per unit of cost
@@ -75,6 +77,7 @@ class SearchConfig:
     signal: str = "dense"
     score: str = "squared"
     score_ema: float = 0.98
+    score_fraction: float = 0.25
     penalty: str = "lagrange"
     lam: float = 1.0
     beta: float = 0.6
@@ -107,6 +110,8 @@ class SearchConfig:
             raise ValueError(f"unknown signal {self.signal!r}; accepted: dense, sampled")
         if self.score not in SCORE_FORMS:
             raise ValueError(f"unknown score form {self.score!r}; accepted: {', '.join(SCORE_FORMS)}")
+        if not 0 < float(self.score_fraction) <= 1:
+            raise ValueError(f"score_fraction must be in (0, 1], got {self.score_fraction}")
         if not 0 <= float(self.score_ema) < 1:
             raise ValueError(f"score_ema must be in [0, 1), got {self.score_ema}")
         if self.penalty == "lagrange":
@@ -171,6 +176,7 @@ class SSPSSearch:
             raise ValueError("space.model must be the model given to SSPSSearch")
         self.space = space
         space.sampler.signal = cfg.signal
+        space.sampler.score_fraction = float(cfg.score_fraction)
         self.scores = ScoreAverage({s: tuple(space.sampler.logits[s].shape) for s in SLOTS}, cfg.score, cfg.score_ema)
         self.mu: list[float] = []
         self.fill_info: dict | None = None
@@ -288,8 +294,7 @@ class SSPSSearch:
         if self.config.signal == "dense":
             raw = self.space.sampler.take_scores()
             if all(bool(torch.isfinite(r).all()) for r in raw.values()):
-                open_rows = {s: self.space.masks(s).sum(1) > 1 for s in SLOTS}
-                self.scores.update(raw, open_rows)
+                self.scores.update(raw, {s: self.space.masks(s) for s in SLOTS})
             if not self.in_warmup and self.scores.measured:
                 self.logits_optimizer.zero_grad(set_to_none=True)
                 self._natural_gradient()
@@ -434,6 +439,7 @@ class SSPSSearch:
                 "references": cost.references(),
             }
         meta = {
+            "method": "ssps",
             "cost_model": self.config.budgets[0].cost,
             "budgets": [{"cost": b.cost, "spec": b.spec, "target": self.targets[b.cost]} for b in self.config.budgets],
             "totals": totals,

@@ -58,8 +58,8 @@ def sensitivity_scores(search: SSPSSearch, loss_fn: Callable[[object], torch.Ten
     model.eval()  # BatchNorm uses its running statistics and keeps them
     for cell in space.cells.values():
         cell.train(True)  # the cells tap scores only in training mode
-    sampler.float_forward, signal = True, sampler.signal
-    sampler.signal = "dense"
+    sampler.float_forward, signal, fraction = True, sampler.signal, sampler.score_fraction
+    sampler.signal, sampler.score_fraction = "dense", 1.0  # every sample counts here
     for p in frozen:
         p.requires_grad_(False)
     try:
@@ -74,7 +74,7 @@ def sensitivity_scores(search: SSPSSearch, loss_fn: Callable[[object], torch.Ten
     finally:
         for p in frozen:
             p.requires_grad_(True)
-        sampler.float_forward, sampler.signal = False, signal
+        sampler.float_forward, sampler.signal, sampler.score_fraction = False, signal, fraction
         model.train(was_training)
     if count == 0:
         raise ValueError("sensitivity_scores got no batch: the data loader is empty")

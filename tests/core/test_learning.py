@@ -53,9 +53,9 @@ def test_sensitive_layer_decided_by_threshold_and_gets_the_bits():
         F.cross_entropy(model(x[idx]), y[idx]).backward()
         opt.step()
     target = MACS * (8 * 8 + 2 * 2) + PINNED_MACS * 64
-    total = 120
+    total = 200
     search = SSPSSearch(model, dict(budget=f"bitops={target}", candidates=(2, 3, 4, 5, 6, 8),
-                                    pinned={"stem": "W8A8", "head": "W8A8"}, total_steps=total, warmup_steps=12))
+                                    pinned={"stem": "W8A8", "head": "W8A8"}, total_steps=total, warmup_steps=20))
     search.prepare(lambda: model(x[:256]), num_samples=256)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()

@@ -117,16 +117,16 @@ def test_step_memory_does_not_grow_with_the_number_of_candidates():
 
 def test_score_average_forms_and_bias_correction():
     avg = ScoreAverage({"w": (2, 3), "a": (2, 3)}, form="squared", ema=0.5)
-    raw = {"w": torch.tensor([[1.0, -2.0, 0.0], [3.0, 0.0, 0.0]]), "a": torch.zeros(2, 3)}
-    open_rows = {"w": torch.tensor([True, False]), "a": torch.tensor([True, True])}
-    avg.update(raw, open_rows)
-    assert avg.value("w").tolist() == [[1.0, 4.0, 0.0], [0.0, 0.0, 0.0]]  # bias-corrected first step; row 1 closed
-    avg.update({"w": torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 0.0]]), "a": torch.zeros(2, 3)}, open_rows)
-    # (0.5 * 0.5 * 1 + 0.5 * 9) / (1 - 0.25) = 19/3
+    raw = {"w": torch.tensor([[1.0, -2.0, 5.0], [3.0, 0.0, 0.0]]), "a": torch.zeros(2, 3)}
+    # row 0: candidate 2 pruned; row 1: decided (one candidate left)
+    masks = {"w": torch.tensor([[True, True, False], [False, True, False]]), "a": torch.ones(2, 3, dtype=torch.bool)}
+    avg.update(raw, masks)
+    assert avg.value("w").tolist() == [[1.0, 4.0, 0.0], [0.0, 0.0, 0.0]]  # bias-corrected first step
+    avg.update({"w": torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 0.0]]), "a": torch.zeros(2, 3)}, masks)
     assert avg.value("w")[0, 0].item() == pytest.approx((0.25 * 1 + 0.5 * 9) / 0.75)
     signed = ScoreAverage({"w": (1, 2), "a": (1, 2)}, form="signed", ema=0.0)
     signed.update({"w": torch.tensor([[-1.0, 2.0]]), "a": torch.zeros(1, 2)},
-                  {"w": torch.tensor([True]), "a": torch.tensor([True])})
+                  {"w": torch.ones(1, 2, dtype=torch.bool), "a": torch.ones(1, 2, dtype=torch.bool)})
     assert signed.value("w").tolist() == [[-1.0, 2.0]]
     with pytest.raises(ValueError, match="score form"):
         ScoreAverage({"w": (1, 2)}, form="cubed")
@@ -170,3 +170,14 @@ def test_dense_search_logits_follow_the_scores_and_budget():
     moved = max(float(search.space.sampler.logits[s].detach().abs().max()) for s in "wa")
     assert moved > 1.0  # far beyond what lr 3e-3 allows in 30 steps (0.09)
     assert search.mu and search.mu[0] >= 0
+
+
+def test_score_fraction_uses_the_first_samples_rescaled():
+    from ssps_nni.quant import activation_candidate_scores
+
+    torch.manual_seed(0)
+    x, g = torch.randn(8, 3, 4, 4), torch.randn(8, 3, 4, 4)
+    scales, bits = torch.tensor([0.5, 0.1]), (2, 4)
+    part = activation_candidate_scores(x, g, scales, bits, True, fraction=0.25)
+    head = activation_candidate_scores(x[:2], g[:2], scales, bits, True)
+    torch.testing.assert_close(part, head * 2.0)  # sqrt(8 / 2)
