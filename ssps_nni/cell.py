@@ -1,4 +1,4 @@
-"""The single path search cell for ``nn.Conv2d`` and ``nn.Linear`` (SSPS_SPEC.md §3).
+"""The single path search cell for ``nn.Conv2d`` and ``nn.Linear`` (docs/algorithm.md §3).
 
 A cell *is* the layer it wraps (it subclasses ``nn.Conv2d`` / ``nn.Linear`` and takes over the
 same ``weight`` and ``bias`` Parameter objects), so module paths, parameter names, optimizers

@@ -1,4 +1,4 @@
-"""Turn a plain ``nn.Module`` into an SSPS search space (SSPS_SPEC.md §1, §3).
+"""Turn a plain ``nn.Module`` into an SSPS search space (docs/algorithm.md §1, §3).
 
 Which layers, in order of precedence (highest first, like ``QConfigMapping``'s name > regex):
 
@@ -137,7 +137,7 @@ def wrap_layer(layer: nn.Module, w_candidates, a_candidates) -> QuantCellMixin:
 
 
 class SearchSpace:
-    """A converted model with its decisions (SSPS_SPEC §1, §3).
+    """A converted model with its decisions (docs/algorithm.md §1, §3).
 
     Attributes:
         model: the model, converted in place.
@@ -203,7 +203,7 @@ class SearchSpace:
         return out
 
     def calibrate(self, forward_fn, reduce_fn=None) -> None:
-        """Initialise every cell's step sizes and input sign from data (LSQ init, SSPS_SPEC §2).
+        """Initialise every cell's step sizes and input sign from data (LSQ init, docs/algorithm.md §2).
 
         Args:
             forward_fn: callable running one or more float forward passes of ``model``.

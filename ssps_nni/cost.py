@@ -1,4 +1,4 @@
-"""Layer profiling, cost models, expected cost and budgets (SSPS_SPEC.md §4).
+"""Layer profiling, cost models, expected cost and budgets (docs/algorithm.md §4).
 
 Costs per layer at ``(b_w, b_a)``:
 

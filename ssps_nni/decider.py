@@ -1,4 +1,4 @@
-"""Sequential determination by selection certainty (SSPS_SPEC.md §6).
+"""Sequential determination by selection certainty (docs/algorithm.md §6).
 
 At each decision point (every ``interval`` steps after ``warmup_steps``), every open decision
 whose certainty reaches ``threshold`` is fixed to its argmax, and, so that the search ends on

@@ -1,4 +1,4 @@
-"""Typed errors for bad user input (SSPS_SPEC.md §4, §8; DEVELOPERS ground rule 7).
+"""Typed errors for bad user input (docs/algorithm.md §4, §8; DEVELOPERS ground rule 7).
 
 Every error names what was wrong and what would be accepted. They subclass ``ValueError``
 so callers that already catch ``ValueError`` keep working.

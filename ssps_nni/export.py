@@ -1,4 +1,4 @@
-"""Deployment exports of a fixed mixed-precision model (SSPS_SPEC.md §8).
+"""Deployment exports of a fixed mixed-precision model (docs/algorithm.md §8).
 
 Two targets:
 
@@ -6,7 +6,7 @@ Two targets:
   quantized weight gets ``QuantizeLinear -> [Clip] -> DequantizeLinear`` per output channel
   (``axis=0``, int8, zero point 0) and each quantized layer input gets the same chain per tensor
   (uint8 when the cell's ``a_signed`` is 0, else int8, zero point 0). A bit-width ``b < 8`` keeps
-  the 8-bit storage type and clips to the integer range of ``b`` bits (SSPS_SPEC §2), e.g. 4-bit
+  the 8-bit storage type and clips to the integer range of ``b`` bits (docs/algorithm.md §2), e.g. 4-bit
   weights: ``QuantizeLinear(int8) -> Clip(-7, 7) -> DequantizeLinear``; 8-bit weights clip to
   ``(-127, 127)``; an 8-bit input needs no Clip. Bit-width 32 stays float (no nodes).
   The model's ``metadata_props`` hold ``ssps.bits`` = JSON ``{layer: [w_bits, a_bits]}`` and
@@ -420,7 +420,7 @@ def load_fixed_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], p
 
 @torch.no_grad()
 def calibrate_cells(model: nn.Module, batches, names: Sequence[str] | None = None) -> None:
-    """Initialise the step sizes of a fixed model's cells from data (LSQ init, SSPS_SPEC §2).
+    """Initialise the step sizes of a fixed model's cells from data (LSQ init, docs/algorithm.md §2).
 
     Args:
         model: a model with cells; run in eval mode here (flags restored).
@@ -490,7 +490,7 @@ def policy_to_nni_config_list(
              '_input_': {'quant_dtype': 'uint{a}' | 'int{a}', 'quant_scheme': ...,
                          'granularity': 'default'}}}
 
-    Weights: signed, symmetric, per output channel (SSPS_SPEC §2). Inputs: per tensor,
+    Weights: signed, symmetric, per output channel (docs/algorithm.md §2). Inputs: per tensor,
     ``uint{a}`` when the layer's input is non-negative, else ``int{a}``. The input scheme is
     chosen so that NNI's quantizer puts the zero point at 0 like SSPS: ``LsqQuantizer``
     (``quantizer='lsq'``) always uses zero point 0 and accepts only ``'symmetric'``; NNI's

@@ -1,4 +1,4 @@
-"""Constraint loss that puts the budget into the training loss (SSPS_SPEC.md §5).
+"""Constraint loss that puts the budget into the training loss (docs/algorithm.md §5).
 
 With ``r = E[C] / C_target`` for each budget:
 

@@ -1,4 +1,4 @@
-"""The search result: a versioned JSON policy, its validation, table and figure (SSPS_SPEC.md §8).
+"""The search result: a versioned JSON policy, its validation, table and figure (docs/algorithm.md §8).
 
 Format (``format: "ssps-policy"``, ``version: 1``)::
 

@@ -1,4 +1,4 @@
-"""Fake quantizers with the straight-through estimator (SSPS_SPEC.md §2).
+"""Fake quantizers with the straight-through estimator (docs/algorithm.md §2).
 
 Small functional kernels, no ``nn.Module``: the search cell (``cell.py``) owns the step sizes
 and calls these. Formula (LSQ, Esser et al., ICLR 2020)::
@@ -91,7 +91,7 @@ def fake_quantize(
 
 
 def quantize_weight(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
-    """Symmetric signed per-output-channel fake quantization of a weight (SSPS_SPEC §2).
+    """Symmetric signed per-output-channel fake quantization of a weight (docs/algorithm.md §2).
 
     Args:
         w: weight, ``(C_out, ...)`` (Conv2d ``(C_out, C_in/groups, kH, kW)``, Linear ``(out, in)``).
@@ -110,7 +110,7 @@ def quantize_weight(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Te
 
 
 def quantize_activation(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
-    """Per-tensor fake quantization of a layer input (SSPS_SPEC §2).
+    """Per-tensor fake quantization of a layer input (docs/algorithm.md §2).
 
     Args:
         x: input of any shape, e.g. ``(N, C, H, W)``.

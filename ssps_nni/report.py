@@ -1,4 +1,4 @@
-"""Tables and figures that compare searched policies (SSPS_SPEC.md §4 references, §8 outputs).
+"""Tables and figures that compare searched policies (docs/algorithm.md §4 references, §8 outputs).
 
 :func:`write_report` writes, into one folder:
 
@@ -157,7 +157,7 @@ def markdown_report(policies: Mapping[str, Policy], results: Mapping[str, Mappin
     return "\n\n".join([
         "# SSPS policy report",
         "## Cost comparison",
-        "Costs are the totals each search recorded (SSPS_SPEC §4): `/ FP32` and `/ W8A8` are the "
+        "Costs are the totals each search recorded (docs/algorithm.md §4): `/ FP32` and `/ W8A8` are the "
         "policy's cost over every layer at 32/32 bits and at uniform 8/8 bits (pinned layers at "
         "their bits); `mean W`/`mean A` are unweighted means over quantized layers (32 = float).",
         comp_table,

@@ -1,4 +1,4 @@
-"""The single-path rule: Gumbel straight-through sampling of one candidate (SSPS_SPEC.md §3).
+"""The single-path rule: Gumbel straight-through sampling of one candidate (docs/algorithm.md §3).
 
 This object owns the logits of every searched layer and decides which path a cell runs; the
 cell (``cell.py``) only quantizes along the path it is given. Keeping the two apart mirrors

@@ -1,4 +1,4 @@
-"""One SSPS search, independent of any training framework (SSPS_SPEC.md §3-§8).
+"""One SSPS search, independent of any training framework (docs/algorithm.md §3-§8).
 
 Both drivers (the NNI strategy and the mmengine hook) map their events onto this object::
 
@@ -33,7 +33,7 @@ from .scores import SCORE_FORMS, ScoreAverage, lagrange_multipliers, normalized
 
 @dataclass
 class SearchConfig:
-    """Every option of a search, with the defaults of SSPS_SPEC.md.
+    """Every option of a search, with the defaults of docs/algorithm.md.
 
     Attributes:
         budget: ``'bitops=W4A4'``, ``'size=1.5MB,bitops=2e9'``, a list or a dict (§4).

@@ -1,4 +1,4 @@
-"""Export a searched policy as a deployable model (SSPS_SPEC.md §8).
+"""Export a searched policy as a deployable model (docs/algorithm.md §8).
 
 Builds the float model, applies the policy (every layer at its fixed bits), loads the checkpoint
 (of the retrained fixed model, of the search supernet, or a float one plus ``--calibrate``) and

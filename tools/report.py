@@ -1,4 +1,4 @@
-"""Compare searched policies: Markdown + CSV tables of bits and costs, and bits figures (SSPS_SPEC §8).
+"""Compare searched policies: Markdown + CSV tables of bits and costs, and bits figures (docs/algorithm.md §8).
 
 Example::
 

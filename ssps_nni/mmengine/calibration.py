@@ -2,8 +2,7 @@
 
 A separate ``DataLoader`` over a few random samples of the training dataset (same samples on
 every rank, so profiles and calibration agree across ranks). A second ``iter()`` on the
-runner's own loader would reset persistent workers and share batch-sampler state
-(MMENGINE_NOTES.md §3). The random states of ``random``, numpy and torch are restored
+runner's own loader would reset persistent workers and share batch-sampler state. The random states of ``random``, numpy and torch are restored
 afterwards, so calibrating does not change the training run that follows (resume skips it).
 """
 from __future__ import annotations

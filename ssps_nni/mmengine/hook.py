@@ -2,7 +2,7 @@
 
 Shaped like mmengine's ``EMAHook``: it builds its helper (:class:`ssps_nni.search.SSPSSearch`)
 in ``before_run``, works in ``after_train_iter``, and keeps its state in the checkpoint. All
-SSPS math is the core's; this file maps runner events onto it (MMENGINE_NOTES.md §2):
+SSPS math is the core's; this file maps runner events onto it:
 
 ============================  ===============================================================
 ``before_run``                convert the inner model (cells keep parameter names, so
@@ -73,7 +73,7 @@ def _task_loss(losses: dict) -> torch.Tensor:
 
 @HOOKS.register_module()
 class SSPSHook(Hook):
-    """Search a mixed-precision quantization policy during training (SSPS_SPEC.md).
+    """Search a mixed-precision quantization policy during training (docs/algorithm.md).
 
     Args:
         budget: ``'bitops=W4A4'``, ``'size=1.5MB,bitops=2e9'``, a list or a dict (§4).

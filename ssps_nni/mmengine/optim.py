@@ -1,4 +1,4 @@
-"""How SSPS's parameters join mmengine's optimisation (MMENGINE_NOTES.md §2.3, §2.4).
+"""How SSPS's parameters join mmengine's optimisation.
 
 - Quantizer step sizes join the task optimizer as one extra param group, a copy of group 0
   with ``weight_decay=0``; every parameter scheduler of that optimizer gets a base value for

@@ -1,6 +1,6 @@
 """``QuantPolicyHook``: quantization-aware retraining of a fixed policy in any mmengine run.
 
-The retraining half of SSPS_SPEC.md §8: the model trains with the core's quantizers at the
+The retraining half of docs/algorithm.md §8: the model trains with the core's quantizers at the
 policy's bits (one candidate per slot, no sampler, no constraint loss). Shaped like
 :class:`~ssps_nni.mmengine.SSPSHook`, with the same event map minus the search:
 
@@ -214,7 +214,7 @@ def _float_forward(model: torch.nn.Module, cells):
 
 
 def model_costs(model: torch.nn.Module, run: Callable[[], None], num_samples: int) -> dict:
-    """BitOPs and size of ``model`` as it is now, per input sample (SSPS_SPEC §4).
+    """BitOPs and size of ``model`` as it is now, per input sample (docs/algorithm.md §4).
 
     Counts the quantization cells at their bits (excluded float layers are not counted, as in a
     search's policy totals); a model without cells counts every ``Conv2d``/``Linear`` at 32/32.

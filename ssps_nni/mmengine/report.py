@@ -1,4 +1,4 @@
-"""Human-readable lines about a policy's cost: policy vs target, and the references (SSPS_SPEC §4)."""
+"""Human-readable lines about a policy's cost: policy vs target, and the references (docs/algorithm.md §4)."""
 from __future__ import annotations
 
 from typing import Callable

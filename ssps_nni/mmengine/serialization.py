@@ -1,4 +1,4 @@
-"""Let torch >= 2.6 load mmengine checkpoints with ``weights_only=True`` (MMENGINE_NOTES.md §3).
+"""Let torch >= 2.6 load mmengine checkpoints with ``weights_only=True`` (mmengine issue #1655).
 
 mmengine 0.10.7 calls ``torch.load`` without ``weights_only`` (upstream issue #1655), and the
 message hub it saves holds ``HistoryBuffer`` objects with numpy arrays and scalars, which the

@@ -13,7 +13,7 @@ strategy and a cost profiler NNI's filters and penalties accept.
     sample = exp.export_top_models(formatter="dict")[0]   # {'layer1.0.conv1.w_bits': 4, ...}
     exp.strategy.save_policy("policy.json")
 """
-import nni.nas.strategy  # noqa: F401  (before nni.nas.oneshot.pytorch.strategy; NNI_NOTES pitfall 5)
+import nni.nas.strategy  # noqa: F401  (before nni.nas.oneshot.pytorch.strategy: otherwise NNI's built-in strategies become placeholders)
 
 from .ops import (FixedQuantConv2d, FixedQuantLinear, MixedPrecisionConv2d, MixedPrecisionLinear,
                   bits_choices)

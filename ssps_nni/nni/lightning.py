@@ -1,4 +1,4 @@
-"""The SSPS search loop as an NNI one-shot Lightning module (SSPS_SPEC.md §3-§7).
+"""The SSPS search loop as an NNI one-shot Lightning module (docs/algorithm.md §3-§7).
 
 :class:`SSPSLightningModule` derives from NNI's ``DartsLightningModule`` (manual optimization,
 logits kept out of the weight optimizer, the evaluator's optimizer and schedulers) and maps
@@ -52,11 +52,11 @@ class SSPSLightningModule(DartsLightningModule):
     # -- optimizers ------------------------------------------------------------------------------
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        """The sampler's logits, in a fixed order (NNI's ``list(set(...))`` is not; pitfall 4)."""
+        """The sampler's logits, in a fixed order (NNI's ``list(set(...))`` is not)."""
         return list(self.search.space.sampler.parameters())
 
     def configure_architecture_optimizers(self) -> torch.optim.Optimizer:
-        """The core's logits optimizer (Adam, SSPS_SPEC §7), so Lightning checkpoints its state."""
+        """The core's logits optimizer (Adam, docs/algorithm.md §7), so Lightning checkpoints its state."""
         return self.search.logits_optimizer
 
     # -- training --------------------------------------------------------------------------------

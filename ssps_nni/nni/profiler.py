@@ -1,4 +1,4 @@
-"""A cost profiler NNI's own tools accept: the space's cost as an NNI expression (SSPS_SPEC §4).
+"""A cost profiler NNI's own tools accept: the space's cost as an NNI expression (docs/algorithm.md §4).
 
 :class:`QuantizationProfiler` is an ``nni.nas.profiler.ExpressionProfiler``. It profiles each
 quantized op once with forward hooks on a dry run of the space (the core's

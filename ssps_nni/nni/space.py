@@ -1,4 +1,4 @@
-"""Turn a plain model into an NNI ``ModelSpace`` of mixed-precision ops (SSPS_SPEC.md §1).
+"""Turn a plain model into an NNI ``ModelSpace`` of mixed-precision ops (docs/algorithm.md §1).
 
 :func:`quantization_space` applies the core's layer selection
 (:func:`ssps_nni.convert.select_layers`: include / exclude / pinned, with its precedence rule)

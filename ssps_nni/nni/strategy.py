@@ -16,7 +16,7 @@ onto them:
 """
 from __future__ import annotations
 
-import nni.nas.strategy  # noqa: F401  (first: NNI_NOTES pitfall 5)
+import nni.nas.strategy  # noqa: F401  (first: otherwise NNI's built-in strategies become placeholders)
 from nni.nas.oneshot.pytorch.strategy import OneShotStrategy, no_default_hook
 from torch import nn
 
@@ -34,7 +34,7 @@ SCHEDULE_FIELDS = ("total_steps", "warmup_steps", "interval")
 
 
 class SSPS(OneShotStrategy):
-    """Sequential Single Path Search for mixed-precision bit-widths (SSPS_SPEC.md).
+    """Sequential Single Path Search for mixed-precision bit-widths (docs/algorithm.md).
 
     Args:
         budget: ``'bitops=W4A4'``, ``'size=1.5MB'``, ... (see ``ssps_nni.cost.BUDGET_FORMS``).

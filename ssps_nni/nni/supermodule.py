@@ -2,7 +2,7 @@
 
 :class:`QuantSuperNetModule` is NNI's ``BaseSuperNetModule`` around one core search cell
 (:class:`~ssps_nni.cell.QuantConv2d` / :class:`~ssps_nni.cell.QuantLinear` holding every
-candidate). How the path is picked is not decided here (SSPS_SPEC §3, like NNI's
+candidate). How the path is picked is not decided here (docs/algorithm.md §3, like NNI's
 ``MixedOperationSamplingPolicy``):
 
 - under the SSPS strategy the cell is attached to the core

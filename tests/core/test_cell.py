@@ -1,4 +1,4 @@
-"""Single path search cell (ssps_nni/cell.py, SSPS_SPEC §3)."""
+"""Single path search cell (ssps_nni/cell.py, docs/algorithm.md §3)."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""Conversion of a plain model into a search space (ssps_nni/convert.py, SSPS_SPEC §1, §3)."""
+"""Conversion of a plain model into a search space (ssps_nni/convert.py, docs/algorithm.md §1, §3)."""
 from __future__ import annotations
 
 import pytest

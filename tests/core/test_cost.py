@@ -1,4 +1,4 @@
-"""Profiling, cost models, expected cost and budgets (ssps_nni/cost.py, SSPS_SPEC §4).
+"""Profiling, cost models, expected cost and budgets (ssps_nni/cost.py, docs/algorithm.md §4).
 
 Every number is worked out by hand from the table in ``tiny_models.HandNet``:
 MACs conv1 6912, dw 576, conv2 512, fc 80 (sum 8080); weights 108, 36, 32, 80 (sum 256);

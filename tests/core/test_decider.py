@@ -1,4 +1,4 @@
-"""Sequential determination by selection certainty (ssps_nni/decider.py, SSPS_SPEC §6)."""
+"""Sequential determination by selection certainty (ssps_nni/decider.py, docs/algorithm.md §6)."""
 from __future__ import annotations
 
 import math

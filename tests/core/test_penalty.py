@@ -1,4 +1,4 @@
-"""Constraint loss (ssps_nni/penalty.py, SSPS_SPEC §5): every form against a literal."""
+"""Constraint loss (ssps_nni/penalty.py, docs/algorithm.md §5): every form against a literal."""
 from __future__ import annotations
 
 import pytest

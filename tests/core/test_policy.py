@@ -1,4 +1,4 @@
-"""Policy JSON, its validation and application (ssps_nni/policy.py, SSPS_SPEC §8)."""
+"""Policy JSON, its validation and application (ssps_nni/policy.py, docs/algorithm.md §8)."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Fake quantizers (ssps_nni/quant.py, SSPS_SPEC §2), checked against a short reference."""
+"""Fake quantizers (ssps_nni/quant.py, docs/algorithm.md §2), checked against a short reference."""
 from __future__ import annotations
 
 import math

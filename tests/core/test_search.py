@@ -1,4 +1,4 @@
-"""One search end to end, resume and bad input (ssps_nni/search.py, SSPS_SPEC §3-§8)."""
+"""One search end to end, resume and bad input (ssps_nni/search.py, docs/algorithm.md §3-§8)."""
 from __future__ import annotations
 
 import io

@@ -3,7 +3,7 @@
     python -m torch.distributed.run --nproc_per_node 2 tests/mmengine/dist_search.py \
         CONFIG WORK_DIR OUT_DIR [--cfg-options k=v ...]
 
-mmengine's own launch path assumes CUDA (MMENGINE_NOTES.md §3): ``init_dist('pytorch')`` calls
+mmengine's own launch path assumes CUDA: ``init_dist('pytorch')`` calls
 ``torch.cuda.set_device`` and the default DDP wrapper passes ``device_ids``. So this script
 initialises a gloo process group itself (the runner then skips ``init_dist``) and wraps with a
 DDP subclass that drops ``device_ids``. Everything else is the ordinary runner and hook.

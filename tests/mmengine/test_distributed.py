@@ -2,7 +2,7 @@
 
 Checks that both ranks take identical decisions at identical steps, end with bitwise-equal
 logits and weights, and that only rank 0 writes the hook's files. The run itself is
-``dist_search.py`` (it works around mmengine's CUDA-only launch path, MMENGINE_NOTES.md §3).
+``dist_search.py`` (it works around mmengine's CUDA-only launch path).
 Uses the default run's config on the CIFAR-10 subset shipped in ``data/``; no shared data needed.
 """
 from __future__ import annotations
