@@ -4,8 +4,9 @@
 # Default budget: bitops=W4A4 (stem conv and classifier pinned at W8A8), candidates
 # (2, 3, 4, 5, 6, 8); schedule as cifar10_resnet20_ssps.py (30 epochs, cosine).
 # Set data_root to your `cifar10/` folder (holding train/ and test/); the default is relative
-# to the repository root. load_from: a full-precision ResNet-20 checkpoint (optional).
-#   python tools/search.py mmdet_configs/cifar10_resnet20_ssps_folder.py --load-from FP.pth
+# to the repository root. load_from: the shipped FP32 ResNet-20 (checkpoints/README.md);
+# --load-from PTH or --cfg-options load_from=None override it.
+#   python tools/search.py mmdet_configs/cifar10_resnet20_ssps_folder.py
 _base_ = ['./cifar10_resnet20_ssps.py']
 
 data_root = '../shared/data/cifar10'
@@ -24,3 +25,4 @@ val_dataloader = dict(
         test_mode=True,
         pipeline=_base_.test_pipeline))
 test_dataloader = val_dataloader
+load_from = '{{ fileDirname }}/../checkpoints/resnet20_cifar10_fp32.pth'

@@ -54,12 +54,27 @@ def test_smoke_run_has_every_section(smoke):
 
 
 def test_smoke_quality_and_sequential_are_consistent(smoke):
-    _, res = smoke
-    quality = {r['method']: r for r in res['quality']['rows']}
-    assert set(quality) == {'uniform', 'ssps'}
-    # the SSPS policy is within the budget (the uniform policy's BitOPs) by construction
-    assert quality['ssps']['bitops']['max'] <= quality['uniform']['bitops']['min'] * (1 + 1e-6)
-    assert 0 < quality['ssps']['search_cost_ratio']['max'] <= 1 + 1e-6
+    out, res = smoke
+    q = res['quality']
+    quality = {r['method']: r for r in q['rows']}
+    assert set(quality) == {'uniform', 'ssps', 'random', 'sensitivity'}
+    assert q['complete'] is True and q['test_images'] == 20
+    target = q['budgets']['W4A4']['target']
+    assert quality['uniform']['bitops']['min'] == pytest.approx(target)  # the budget is uniform W4A4's BitOPs
+    for method in ('ssps', 'random', 'sensitivity'):
+        row = quality[method]
+        assert row['top1']['n'] == 1 and 0 <= row['top1']['mean'] <= 100, method
+        # every policy is within the budget (the uniform policy's BitOPs) by construction
+        assert row['bitops']['max'] <= target * (1 + 1e-6), method
+        assert 0 < row['search_cost_ratio']['max'] <= 1 + 1e-6, method
+        assert row['search_s']['n'] == 1 and len(row['runs']) == len(row['searches']) == 1, method
+    for method in ('random', 'sensitivity'):  # one-shot methods fill the budget (0.97 .. 1)
+        assert quality[method]['search_cost_ratio']['min'] >= 0.97, method
+    assert quality['ssps']['certainty']['n'] == 1 and quality['ssps']['final_step']['n'] == 1
+    assert quality['ssps']['decisions_source'] in ('decisions', 'layers')
+    table = (out / 'results.md').read_text()
+    for label in ('| W4A4 (', 'uniform W4A4', 'SSPS', 'random within budget', 'sensitivity'):
+        assert label in table, label
     seq = {r['sequential']: r for r in res['sequential']['rows']}
     assert set(seq) == {True, False}
     for row in seq.values():
@@ -74,6 +89,8 @@ def test_second_call_reuses_finished_runs_and_redoes_a_broken_one(smoke):
     result = _run('quality', '--smoke', '--out', out)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'reusing finished run retrain_ssps_W4A4_seq_s0' in result.stdout
+    assert 'reusing finished run random_W4A4_s0' in result.stdout
+    assert 'reusing finished run sensitivity_W4A4_s0' in result.stdout
     assert 'run fp32 ...' not in result.stdout
     assert 'is unreadable' in result.stdout and 'run retrain_uniform_W4A4_s0 ...' in result.stdout
     assert json.loads(marker.read_text())['result']['top1'] is not None
@@ -86,9 +103,16 @@ def test_second_call_reuses_finished_runs_and_redoes_a_broken_one(smoke):
     (['quality', '--data-root', '/nonexistent'], 'has no train/ and test/ folders'),
     (['--smoke', '--seeds=-1'], 'outside 0..2**32-1'),
     (['--smoke', '--seeds='], '--seeds is empty'),
+    (['--quick', '--fp32-checkpoint', '/tmp/x.pth'], '--fp32-checkpoint is used only by --standard'),
+    (['--quick', '--standard'], 'not allowed with argument'),
+    (['quality', '--standard', '--fp32-checkpoint', '/nonexistent/fp32.pth'], 'this mode does not train FP32'),
 ])
 def test_bad_input_is_refused_before_any_run(argv, message, tmp_path, capsys, benchmark_tool):
-    assert benchmark_tool.main([*argv, '--out', str(tmp_path / 'out')]) == 2
+    try:
+        code = benchmark_tool.main([*argv, '--out', str(tmp_path / 'out')])
+    except SystemExit as exit:  # argparse
+        code = exit.code
+    assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / 'out').exists()
 
@@ -99,3 +123,82 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys, benchmark_tool):
     assert benchmark_tool.main(['step-cost', '--smoke', '--out', str(target)]) == 2
     assert 'is not a writable folder' in capsys.readouterr().err
     assert target.read_text() == 'keep me'
+
+
+def test_standard_mode_refuses_an_fp32_checkpoint_it_cannot_use(tmp_path, capsys, benchmark_tool):
+    """No JSON beside it, a JSON without top1/command, weights of another model: exit 2, nothing run."""
+    import torch
+
+    from ssps_nni.models import resnet20
+
+    ckpt = tmp_path / 'fp32.pth'
+    torch.save({'state_dict': resnet20().state_dict()}, ckpt)  # plain keys (conv1.weight), not the config's
+    argv = ['quality', '--standard', '--fp32-checkpoint', str(ckpt), '--out', str(tmp_path / 'out')]
+    for meta, message in ((None, 'needs'), ({'top1': 'high'}, '"top1" (a number'),
+                          ({'metrics': {'accuracy/top1': 91.2}}, 'is not a checkpoint of the model'),
+                          ({'top1': 91.2, 'command': 'tools/train.py ...'}, 'is not a checkpoint of the model')):
+        if meta is not None:
+            (tmp_path / 'fp32.json').write_text(json.dumps(meta))
+        assert benchmark_tool.main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and 'benchmark.py: error:' in err, err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_midpoint_budget_is_halfway_in_bitops_and_both_uniform_options_fit(benchmark_tool):
+    """2.5-bit = (W2A2 + W3A3) / 2 BitOPs of ResNet-20 (stem, classifier W8A8), as the mmengine model gives."""
+    config = str(ROOT / 'mmdet_configs' / 'cifar10_resnet20_ssps_folder.py')
+    table = benchmark_tool.budget_table(config, ['W3A3', benchmark_tool.MIDPOINT, 'W4A4'])
+    mid = table[benchmark_tool.MIDPOINT]
+    import torch
+
+    from ssps_nni.models import resnet20
+
+    model, x = resnet20(), torch.zeros(1, 3, 32, 32)
+    costs, _ = benchmark_tool.uniform_bitops(model, lambda: model(x), ['W2A2', 'W3A3'])
+    assert mid['target'] == pytest.approx((costs['W2A2'] + costs['W3A3']) / 2, rel=1e-12)
+    w3a3 = table['W3A3']['target']
+    assert w3a3 == pytest.approx(costs['W3A3'], rel=1e-12)
+    assert mid['uniform'].keys() == {'W2A3', 'W3A2'}
+    assert mid['uniform']['W2A3'] == pytest.approx(mid['uniform']['W3A2']) and mid['uniform']['W2A3'] < mid['target']
+    assert mid['target'] < w3a3 < table['W4A4']['target'] < table['fp32']
+    assert mid['arg'] == f'bitops={mid["target"]!r}'
+    from ssps_nni.cost import parse_budget
+
+    assert parse_budget(mid['arg']).value == mid['target']  # the search gets exactly this target
+
+
+def test_partial_quality_table_shows_unfinished_rows_as_na(benchmark_tool):
+    results = {'mode': 'standard', 'environment': {'device': 'cpu', 'cpu': 'x', 'cpu_count': 2, 'torch_threads': 2,
+                                                   'torch': 't', 'nni': 'n', 'mmengine': 'm', 'python': 'p'},
+               'quality': {'fp32': {'top1': 91.0, 'bitops': 4.15e10, 'trained_here': False}, 'complete': False,
+                           'test_images': 10000, 'rows': [
+                               {'budget': 'W3A3', 'method': 'ssps', 'target': 3.9e8, 'top1': {'n': 0, 'mean': None},
+                                'top1_runs': [], 'same_as_uniform': []},
+                               {'budget': '2.5-bit', 'method': 'uniform', 'target': 2.9e8, 'uniform_policy': 'W3A2',
+                                'uniform_options': {'W2A3': {'top1': {'mean': 80.0, 'std': 0.0, 'n': 1}},
+                                                    'W3A2': {'top1': {'mean': 81.5, 'std': 0.5, 'n': 2}}},
+                                'top1': {'mean': 81.5, 'std': 0.5, 'n': 2}, 'top1_runs': [81.0, 82.0]}]}}
+    text = benchmark_tool.markdown(results)
+    assert 'Partial' in text and '10,000 test images' in text
+    ssps = next(line for line in text.splitlines() if line.startswith('| W3A3'))
+    assert ssps.split('|')[3].strip() == 'n/a'
+    assert 'uniform W3A2 (better of W2A3 80.00, W3A2 81.50 ± 0.50)' in text
+
+
+def test_standard_mode_reads_the_fp32_entry_from_the_json_beside_the_checkpoint(tmp_path, benchmark_tool):
+    import torch
+    from mmengine.config import Config
+
+    import ssps_nni.mmengine  # noqa: F401
+    from ssps_nni.mmengine.qat import build_model_from_cfg
+
+    config = str(ROOT / 'mmdet_configs' / 'cifar10_resnet20_ssps_folder.py')
+    ckpt = tmp_path / 'fp32.pth'
+    torch.save({'state_dict': build_model_from_cfg(Config.fromfile(config)).state_dict(), 'meta': {}}, ckpt)
+    (tmp_path / 'fp32.json').write_text(json.dumps({'top1': 91.25, 'command': 'tools/train.py CONFIG'}))
+    entry = benchmark_tool.shipped_fp32(str(ckpt), config)
+    assert entry['top1'] == 91.25 and entry['command'] == 'tools/train.py CONFIG' and entry['trained_here'] is False
+    assert entry['checkpoint'] == str(ckpt.resolve()) and len(entry['sha1']) == 40
+    (tmp_path / 'fp32.json').write_text(json.dumps({'metrics': {'accuracy/top1': 90.5}}))  # a train_result.json
+    assert benchmark_tool.shipped_fp32(str(ckpt), config)['top1'] == 90.5

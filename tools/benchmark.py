@@ -2,8 +2,11 @@
 
     python tools/benchmark.py --quick                 # all three sections, reduced (CPU, ~35 min)
     python tools/benchmark.py quality --quick         # the quality run alone (< 20 min, 2 cores)
+    python tools/benchmark.py quality --standard      # the quality instrument: full CIFAR-10 from the
+                                                      # shipped FP32 checkpoint (hours on 2 cores)
     python tools/benchmark.py [SECTION ...]           # full settings (meant for a GPU)
         [--out DIR] [--seeds 0,1] [--device cpu|cuda] [--data-root CIFAR10_FOLDER] [--smoke]
+        [--fp32-checkpoint PTH]
 
 Sections (results and the exact commands are in docs/benchmarks.md):
 
@@ -25,7 +28,12 @@ Sections (results and the exact commands are in docs/benchmarks.md):
     On real CIFAR-10: an FP32 ResNet-20 trained by ``tools/train.py``; SSPS policies searched
     by the mmengine driver at budgets equal to the BitOPs of uniform W2A2, W3A3 and W4A4,
     against those uniform policies, all retrained (``tools/train.py``) on one schedule, over
-    several seeds.
+    several seeds. ``--standard`` (the quality instrument): the full CIFAR-10 (50,000 / 10,000
+    images), starting from the shipped FP32 checkpoint (``checkpoints/resnet20_cifar10_fp32.pth``,
+    not trained here), budgets W3A3, ``2.5-bit`` (midway in BitOPs between uniform W2A2 and
+    W3A3) and W4A4, and four methods per budget: SSPS, the best uniform policy within the
+    budget, a random policy within the budget and the sensitivity policy
+    (``tools/search.py --method random|sensitivity``), all retrained on one schedule.
 
 Runs of the mmengine sections are cached under ``OUT/runs/<name>``: an interrupted benchmark
 run again with the same settings reuses every finished run and redoes the unfinished one.
@@ -55,6 +63,15 @@ SECTIONS = ('step-cost', 'sequential', 'quality')
 CANDIDATE_SETS = {2: (4, 8), 4: (2, 4, 6, 8), 6: (2, 3, 4, 5, 6, 8)}
 UNIFORM_BUDGETS = ('W2A2', 'W3A3', 'W4A4')
 MIB = 2 ** 20
+#: The budget midway in BitOPs between uniform W2A2 and W3A3 (given to the search as absolute BitOPs).
+MIDPOINT = '2.5-bit'
+MIDPOINT_OF = ('W2A2', 'W3A3')
+#: The best uniform policies within a budget (all retrained, the better one reported); default: the budget's own.
+BUDGET_UNIFORMS = {MIDPOINT: ('W2A3', 'W3A2')}
+#: Methods of the quality section: searched, uniform, random within the budget, sensitivity.
+QUALITY_METHODS = ('ssps', 'uniform', 'random', 'sensitivity')
+#: FP32 start of the standard mode (trained once elsewhere; its .json beside it: top1, command).
+STANDARD_FP32 = 'checkpoints/resnet20_cifar10_fp32.pth'
 
 # Settings per mode. Step cost: (warm-up steps, timed steps). mmengine runs: epochs and
 # learning rates of the FP32 training, the search (from the FP32 checkpoint) and the retraining
@@ -64,18 +81,28 @@ MODES = {
         networks=('resnet20', 'resnet18'), candidates=(2, 4, 6), warmup=3, steps=20,
         config='mmdet_configs/cifar10_resnet20_ssps_folder.py', seeds=(0, 1, 2),
         fp32=dict(epochs=200, lr=0.1), search=dict(epochs=30, lr=0.01), retrain=dict(epochs=30, lr=0.01),
-        budgets=UNIFORM_BUDGETS),
+        budgets=UNIFORM_BUDGETS, methods=('uniform', 'ssps')),
     'quick': dict(
         networks=('resnet20', 'resnet18'), candidates=(2, 4, 6), warmup=2, steps=8, steps_resnet18=(1, 3),
         config='mmdet_configs/cifar10_resnet20_ssps_subset.py', seeds=(0, 1),
         fp32=dict(epochs=4, lr=0.05), search=dict(epochs=1, lr=0.01), retrain=dict(epochs=1, lr=0.01),
-        budgets=UNIFORM_BUDGETS),
+        budgets=UNIFORM_BUDGETS, methods=('uniform', 'ssps')),
+    # The quality instrument: full CIFAR-10 from the shipped FP32 checkpoint (FP32 is not trained:
+    # its top-1 is read from the JSON beside it); every policy retrained from it on one schedule.
+    # About 6-7 minutes per search or retraining on 2 CPU cores, a few hours in all (cached runs,
+    # so it can be stopped and continued). Step cost: the quick settings.
+    'standard': dict(
+        networks=('resnet20', 'resnet18'), candidates=(2, 4, 6), warmup=2, steps=8, steps_resnet18=(1, 3),
+        config='mmdet_configs/cifar10_resnet20_ssps_folder.py', seeds=(0, 1), sensitivity_seeds=1, uniform_seeds=1,
+        fp32=dict(checkpoint=STANDARD_FP32), search=dict(epochs=1, lr=0.01), retrain=dict(epochs=1, lr=0.01),
+        budgets=('W3A3', MIDPOINT, 'W4A4'), methods=QUALITY_METHODS),
     # Only keeps the benchmark working (the test suite): every code path, numbers meaningless.
     'smoke': dict(
         networks=('resnet20',), candidates=(2,), warmup=1, steps=1, batch=8,
         config='mmdet_configs/cifar10_resnet20_ssps_subset.py', seeds=(0,),
         fp32=dict(epochs=1, lr=0.05), search=dict(epochs=2, lr=0.01), retrain=dict(epochs=1, lr=0.01),
-        budgets=('W4A4',), train_indices=list(range(0, 5000, 200)), test_indices=list(range(0, 1000, 50))),
+        budgets=('W4A4',), methods=QUALITY_METHODS, sensitivity_batches=2,
+        train_indices=list(range(0, 5000, 200)), test_indices=list(range(0, 1000, 50))),
 }
 
 
@@ -206,6 +233,30 @@ def setup_ssps(model, x, y, xv, yv, candidates):
     return [step], model
 
 
+def setup_ssps_sampled(model, x, y, xv, yv, candidates):
+    """(c0): the same loop with the sampled-path signal only (no dense scores; the step before them)."""
+    import torch.nn.functional as F
+
+    from ssps_nni.search import SearchConfig, SSPSSearch
+
+    search = SSPSSearch(model, SearchConfig(budget='bitops=W4A4', candidates=candidates, total_steps=10 ** 6,
+                                            signal='sampled', penalty='abs', logits_lr=3e-3))
+    search.prepare(lambda: model(x), num_samples=len(x))
+    optimizer = weight_optimizer(model.parameters())
+    model.train()
+
+    def step():
+        search.begin_step(search.step)
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        extra, _ = search.loss_term(loss)
+        (loss + extra).backward()
+        optimizer.step()
+        search.step_logits()
+        search.end_step(search.step + 1)
+    return [step], model
+
+
 def multipath_space(model, candidates):
     """The NNI model space of (d): ``LayerChoice([W{b}A{b} for b in candidates])`` per searched layer.
 
@@ -281,6 +332,7 @@ def setup_darts(model, x, y, xv, yv, candidates):
 METHODS = {
     'fp32': ('(a) FP32', setup_fp32),
     'qat': ('(b) W4A4 QAT', setup_qat),
+    'ssps_sampled': ('(c0) SSPS, sampled signal only', setup_ssps_sampled),
     'ssps': ('(c) SSPS search', setup_ssps),
     'darts': ('(d) NNI DARTS multi-path', setup_darts),
 }
@@ -392,7 +444,8 @@ def step_cost(settings: dict, device: str, log) -> list[dict]:
         xv, yv = real_batch(items, batch, size, offset=batch)
         x, y, xv, yv = (t.to(device) for t in (x, y, xv, yv))
         plan = [('fp32', None), ('qat', None)]
-        plan += [(m, n) for n in settings['candidates'] for m in ('ssps', 'darts')]
+        plan += [(m, n) for n in settings['candidates'] for m in ('ssps_sampled', 'ssps', 'darts')
+                 if m != 'darts' or settings.get('darts', True)]
         built = []
         for method, n in plan:
             torch.manual_seed(0)
@@ -503,13 +556,15 @@ def train_run(folder: Path, config: str, options: list[str], seed: int, mode: li
     if load_from:
         argv += ['--load-from', load_from]
     argv += ['--cfg-options', *options, f'experiment_name={folder.name}_{os.getpid()}']
+    if not load_from:  # FP32 from the initial weights, whatever start the config names
+        argv.append('load_from=None')
     _check_rc(_tool('train').main(argv), f'tools/train.py {" ".join(argv)}')
     res = json.loads((folder / 'train_result.json').read_text())
     return {'top1': res['metrics'].get('accuracy/top1'), 'bitops': res['bitops']['value'],
             'size': res['size']['value'], 'checkpoint': res['checkpoint']}
 
 
-def search_run(folder: Path, config: str, options: list[str], seed: int, budget: str,
+def search_run(folder: Path, config: str, options: list[str], seed: int, budget_arg: str,
                sequential: bool, load_from: str) -> dict:
     """``tools/search.py``'s steps in process, plus a hook tracing the argmax policy each step."""
     from mmengine.hooks import Hook
@@ -519,7 +574,7 @@ def search_run(folder: Path, config: str, options: list[str], seed: int, budget:
     from ssps_nni.policy import load_policy
 
     tool = _tool('search')
-    argv = [config, '--work-dir', str(folder), '--seed', str(seed), '--budget', f'bitops={budget}',
+    argv = [config, '--work-dir', str(folder), '--seed', str(seed), '--budget', budget_arg,
             '--load-from', load_from, '--cfg-options', *options,
             f'experiment_name={folder.name}_{os.getpid()}']
     cfg = tool.build_config(tool.parse_args(argv))
@@ -572,13 +627,162 @@ def search_run(folder: Path, config: str, options: list[str], seed: int, budget:
             'repaired': policy.meta['repaired']}
 
 
-def is_uniform(policy, budget: str) -> bool:
-    """True if every searched layer of ``policy`` (a core ``Policy``) is at ``budget``'s ``WxAy``."""
-    from ssps_nni.convert import parse_bits_pair
+def policy_run(folder: Path, config: str, options: list[str], seed: int, budget_arg: str, method: str,
+               load_from: str, batches: int | None = None) -> dict:
+    """``tools/search.py --method random|sensitivity`` in process: a policy found without training."""
+    from ssps_nni.policy import load_policy
 
-    uniform = parse_bits_pair(budget)
-    return all(bits == uniform for name, bits in policy.bits().items() if not policy.layers[name].get('pinned'))
+    argv = [config, '--work-dir', str(folder), '--seed', str(seed), '--budget', budget_arg, '--method', method,
+            '--load-from', load_from]
+    if method == 'sensitivity' and batches is not None:
+        argv += ['--sensitivity-batches', str(batches)]
+    argv += ['--cfg-options', *options, f'experiment_name={folder.name}_{os.getpid()}']
+    start = time.perf_counter()
+    _check_rc(_tool('search').main(argv), f'tools/search.py {" ".join(argv)}')
+    wall = time.perf_counter() - start
+    policy = load_policy(folder / 'policy.json')
+    totals = policy.meta['totals']['bitops']
+    return {'policy': str(folder / 'policy.json'), 'bitops': totals['policy'], 'target': totals['target'],
+            'cost_ratio': totals['policy'] / totals['target'], 'search_s': wall,
+            'repaired': policy.meta.get('repaired')}
 
+
+def uniform_pair(policy) -> str | None:
+    """``'WxAy'`` if every searched layer of ``policy`` (a core ``Policy``) is at the same bits, else None."""
+    searched = {bits for name, bits in policy.bits().items() if not policy.layers[name].get('pinned')}
+    if len(searched) != 1:
+        return None
+    w, a = next(iter(searched))
+    return f'W{w}A{a}'
+
+
+# -- budgets -------------------------------------------------------------------------------------
+
+def uniform_bitops(model, forward, pairs) -> tuple[dict[str, float], float]:
+    """``({'WxAy': BitOPs of that uniform policy}, FP32 BitOPs)`` of ``model`` (converted in place).
+
+    ``convert_model`` with its defaults (stem conv and classifier pinned at W8A8, as every search
+    and retraining here), ``profile_layers`` during ``forward()`` (one sample, float passes:
+    the cells calibrating), ``SpaceCost(BitOpsCost(), ...)``.
+    """
+    from ssps_nni.convert import convert_model, parse_bits_pair
+    from ssps_nni.cost import BitOpsCost, SpaceCost, profile_layers
+
+    space = convert_model(model)
+    model.eval()
+    for cell in space.cells.values():
+        cell.calibrating = True
+    try:
+        profiles = profile_layers(model, space.cells, forward, 1)
+    finally:
+        for cell in space.cells.values():
+            cell.calibrating = False
+    cost = SpaceCost(BitOpsCost(), profiles, space.searched, space.pinned, space.candidates['w'],
+                     space.candidates['a'])
+    return {p: cost.uniform(*parse_bits_pair(p)) for p in pairs}, cost.references()['fp32']
+
+
+def budget_table(config: str, budgets) -> dict:
+    """Per budget label: the ``--budget`` argument, the target BitOPs and the BitOPs of its uniform
+    options; ``fp32``: the FP32 BitOPs.
+
+    Computed from ``ssps_nni.models.resnet20`` on one 1x3x32x32 input; the midpoint budget is
+    ``(uniform(W2A2) + uniform(W3A3)) / 2``, given to the search as absolute ``bitops=<value>``.
+    The same uniform costs are computed from the config's mmengine model (same layer MACs):
+    a mismatch raises ``RuntimeError`` before any run.
+    """
+    import torch
+    from mmengine.config import Config
+
+    import ssps_nni.mmengine  # noqa: F401  (registries)
+    from ssps_nni.mmengine.qat import build_model_from_cfg
+    from ssps_nni.models import resnet20
+
+    pairs = sorted({p for b in budgets for p in (MIDPOINT_OF if b == MIDPOINT else (b,)) + uniform_options(b)})
+    x = torch.zeros(1, 3, 32, 32)
+    plain = resnet20(num_classes=10)
+    costs, fp32 = uniform_bitops(plain, lambda: plain(x), pairs)
+    mm = build_model_from_cfg(Config.fromfile(config))
+    mm_costs, mm_fp32 = uniform_bitops(mm, lambda: mm(x, mode='tensor'), pairs)
+    for key, value in [*costs.items(), ('FP32', fp32)]:
+        other = mm_fp32 if key == 'FP32' else mm_costs[key]
+        if abs(other - value) > 1e-9 * value:
+            raise RuntimeError(f'uniform {key} BitOPs differ between ssps_nni.models.resnet20 ({value:.6g}) and '
+                               f'the model of {config} ({other:.6g}): the budgets would not match the search')
+    table = {'fp32': fp32}
+    for b in budgets:
+        target = (costs[MIDPOINT_OF[0]] + costs[MIDPOINT_OF[1]]) / 2 if b == MIDPOINT else costs[b]
+        options = {p: costs[p] for p in uniform_options(b)}
+        over = [p for p, v in options.items() if v > target * (1 + 1e-9)]
+        if over:
+            raise RuntimeError(f'uniform {over[0]} ({options[over[0]]:.6g} BitOPs) is over the {b} budget '
+                               f'({target:.6g})')
+        table[b] = {'arg': f'bitops={target!r}' if b == MIDPOINT else f'bitops={b}', 'target': target,
+                    'uniform': options}
+    return table
+
+
+def uniform_options(budget: str) -> tuple[str, ...]:
+    """The best uniform policies within ``budget`` (retrained; the better one is reported)."""
+    return BUDGET_UNIFORMS.get(budget, (budget,))
+
+
+def file_sha1(path: str) -> str:
+    digest = hashlib.sha1()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shipped_fp32(checkpoint: str, config: str) -> dict:
+    """The FP32 start of the standard mode: ``checkpoint`` and the JSON beside it (``top1``, ``command``).
+
+    Raises:
+        InputError: the checkpoint or its JSON is missing or malformed, or the checkpoint does
+            not hold the weights of the config's model.
+    """
+    import torch
+    from mmengine.config import Config
+
+    import ssps_nni.mmengine  # noqa: F401  (registries, torch safe globals)
+    from ssps_nni.mmengine.qat import build_model_from_cfg
+
+    path = Path(checkpoint)
+    meta = path.with_suffix('.json')
+    if not path.is_file():
+        raise InputError(f'--standard starts every run from the shipped FP32 checkpoint, and {str(path)!r} does '
+                         'not exist. Train it once (tools/train.py on mmdet_configs/cifar10_resnet20_ssps_folder.py, '
+                         'FP32 mode) and put it there with its JSON (top1, command), or give --fp32-checkpoint PTH; '
+                         'this mode does not train FP32')
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f'the FP32 checkpoint {str(path)!r} needs {str(meta)!r} beside it, a JSON object with at '
+                         f'least "top1" (a number) and "command" (a string); it could not be read ({err})') from None
+    # {"top1": %, "command": str}; a copy of tools/train.py's train_result.json also works (its
+    # metrics' accuracy/top1; the command is then unknown)
+    top1 = info.get('top1', (info.get('metrics') or {}).get('accuracy/top1')) if isinstance(info, dict) else None
+    command = info.get('command') if isinstance(info, dict) else None
+    if isinstance(top1, bool) or not isinstance(top1, (int, float)) or not isinstance(command, (str, type(None))):
+        raise InputError(f'{str(meta)!r} must be a JSON object with "top1" (a number, top-1 %) and "command" '
+                         '(a string: how the checkpoint was trained), or the train_result.json of its training')
+    try:
+        saved = torch.load(path, map_location='cpu')
+    except Exception as err:  # noqa: BLE001  (any unpickling error: the message says which file)
+        raise InputError(f'the FP32 checkpoint {str(path)!r} cannot be read: {err}') from None
+    state = saved.get('state_dict', saved) if isinstance(saved, dict) else {}
+    wanted = build_model_from_cfg(Config.fromfile(config)).state_dict()
+    missing = [k for k in wanted if k not in state]
+    if missing:
+        raise InputError(f'{str(path)!r} is not a checkpoint of the model of {config}: {len(missing)} of its '
+                         f'{len(wanted)} weights are missing (e.g. {missing[0]!r}); give an mmengine checkpoint '
+                         'saved by tools/train.py on that config')
+    return {'top1': float(top1), 'command': command, 'checkpoint': str(path.resolve()),
+            'sha1': file_sha1(str(path)), 'json': str(meta.resolve()), 'trained_here': False}
+
+
+# -- runs of the mmengine sections ----------------------------------------------------------------
 
 class Experiments:
     """The mmengine runs shared by the sequential and quality sections (cached, resumable)."""
@@ -587,6 +791,8 @@ class Experiments:
         self.s, self.data_root, self.log = settings, data_root, log
         self.config = str(ROOT / settings['config'])
         self.cache = RunCache(out, log)
+        self._budgets = None
+        self._fp32 = None
 
     def _settings(self, **extra) -> dict:
         return dict(config=self.s['config'], data_root=self.data_root, **extra)
@@ -594,33 +800,107 @@ class Experiments:
     def options(self, phase: dict) -> list[str]:
         return schedule_options(self.s, phase, self.data_root)
 
+    def seeds(self, method: str) -> tuple[int, ...]:
+        """Seeds of a method's runs: every seed, or the first ``<method>_seeds`` of them."""
+        seeds = tuple(self.s['seeds'])
+        return seeds[:self.s.get(f'{method}_seeds', len(seeds))]
+
+    @property
+    def budgets(self) -> dict:
+        """:func:`budget_table` of the quality budgets (and W4A4, the sequential section's)."""
+        if self._budgets is None:
+            labels = list(dict.fromkeys([*self.s['budgets'], 'W4A4']))
+            self._budgets = budget_table(self.config, labels)
+        return self._budgets
+
+    def budget_arg(self, budget: str) -> str:
+        return self.budgets[budget]['arg'] if budget in self.budgets else f'bitops={budget}'
+
+    def _budget_settings(self, budget: str) -> dict:
+        """The budget in a run's cache key (its absolute value when it is not a WxAy form)."""
+        arg = self.budget_arg(budget)
+        return dict(budget=budget) if arg == f'bitops={budget}' else dict(budget=budget, budget_arg=arg)
+
+    def test_images(self) -> int:
+        """Images of the test split every retrained model is evaluated on."""
+        from ssps_nni.data import CIFAR10_CLASSES, load_cifar10_subset
+
+        if 'test_indices' in self.s:
+            return len(self.s['test_indices'])
+        if self.data_root:
+            return sum(1 for c in CIFAR10_CLASSES for n in os.listdir(Path(self.data_root) / 'test' / c)
+                       if n.lower().endswith(('.jpg', '.jpeg', '.png')))
+        return len(load_cifar10_subset('test'))
+
     def fp32(self) -> dict:
+        """The FP32 start: trained here (cached), or the shipped checkpoint of the standard mode."""
+        if self._fp32 is not None:
+            return self._fp32
         phase = self.s['fp32']
-        return self.cache.get('fp32', self._settings(phase=phase), lambda d: train_run(
-            d, self.config, self.options(phase), 0, [], None))
+        if 'checkpoint' in phase:
+            entry = shipped_fp32(phase['checkpoint'], self.config)
+            self.log(f'FP32 start: {entry["checkpoint"]} (top-1 {entry["top1"]:.2f} % by its JSON; not trained here)')
+        else:
+            entry = self.cache.get('fp32', self._settings(phase=phase), lambda d: train_run(
+                d, self.config, self.options(phase), 0, [], None))
+        if entry.get('bitops') is None:
+            entry = dict(entry, bitops=self.budgets['fp32'])
+        self._fp32 = entry
+        return entry
+
+    def _fp32_key(self):
+        """The FP32 start in a run's cache key: its path (and content hash when shipped)."""
+        fp32 = self.fp32()
+        return {'checkpoint': fp32['checkpoint'], 'sha1': fp32['sha1']} if 'sha1' in fp32 else fp32['checkpoint']
 
     def search(self, budget: str, seed: int, sequential: bool = True) -> dict:
+        """The SSPS search (mmengine driver) at ``budget``."""
         fp32, phase = self.fp32(), self.s['search']
         name = f'search_{budget}_{"seq" if sequential else "noseq"}_s{seed}'
-        return self.cache.get(name, self._settings(phase=phase, fp32=fp32['checkpoint'], budget=budget, seed=seed,
-                                                   sequential=sequential), lambda d: search_run(
-            d, self.config, self.options(phase), seed, budget, sequential, fp32['checkpoint']))
+        return self.cache.get(name, self._settings(phase=phase, fp32=self._fp32_key(), **self._budget_settings(budget),
+                                                   seed=seed, sequential=sequential), lambda d: search_run(
+            d, self.config, self.options(phase), seed, self.budget_arg(budget), sequential, fp32['checkpoint']))
+
+    def policy_search(self, method: str, budget: str, seed: int) -> dict:
+        """``tools/search.py --method random|sensitivity`` at ``budget`` (from the FP32 start)."""
+        fp32, phase = self.fp32(), self.s['search']
+        batches = self.s.get('sensitivity_batches') if method == 'sensitivity' else None
+        return self.cache.get(f'{method}_{budget}_s{seed}', self._settings(
+            phase=phase, fp32=self._fp32_key(), **self._budget_settings(budget), seed=seed, method=method,
+            batches=batches), lambda d: policy_run(d, self.config, self.options(phase), seed, self.budget_arg(budget),
+                                                   method, fp32['checkpoint'], batches))
+
+    def find_policy(self, method: str, budget: str, seed: int) -> dict:
+        return self.search(budget, seed) if method == 'ssps' else self.policy_search(method, budget, seed)
+
+    def retrain_uniform(self, pair: str, seed: int) -> dict:
+        """``tools/train.py --uniform WxAy`` from the FP32 start."""
+        fp32, phase = self.fp32(), self.s['retrain']
+        mode = ['--uniform', pair]
+        return self.cache.get(f'retrain_uniform_{pair}_s{seed}', self._settings(
+            phase=phase, fp32=self._fp32_key(), mode=mode, seed=seed), lambda d: train_run(
+            d, self.config, self.options(phase), seed, mode, fp32['checkpoint']))
 
     def retrain(self, what: str, budget: str, seed: int, sequential: bool = True) -> dict:
-        """``what``: ``'uniform'`` (``--uniform budget``) or ``'ssps'`` (the searched policy)."""
-        fp32, phase = self.fp32(), self.s['retrain']
-        if what == 'uniform':
-            name, mode = f'retrain_uniform_{budget}_s{seed}', ['--uniform', budget]
-        else:
-            from ssps_nni.policy import load_policy
+        """``what``: ``'uniform'`` (``--uniform budget``) or a method's policy at ``budget``
+        (``'ssps'``, ``'random'``, ``'sensitivity'``), retrained from the FP32 start.
 
-            policy = self.search(budget, seed, sequential)['policy']
-            if is_uniform(load_policy(policy), budget):
-                # e.g. the W2A2 budget with 2 bits the lowest candidate: the search had no choice
-                return dict(self.retrain('uniform', budget, seed), same_as_uniform=True)
-            name = f'retrain_ssps_{budget}_{"seq" if sequential else "noseq"}_s{seed}'
-            mode = ['--policy', policy]
-        return self.cache.get(name, self._settings(phase=phase, fp32=fp32['checkpoint'], mode=mode, seed=seed),
+        A policy that is a uniform ``WxAy`` reuses that uniform retraining (``same_as_uniform``).
+        """
+        if what == 'uniform':
+            return self.retrain_uniform(budget, seed)
+        from ssps_nni.policy import load_policy
+
+        fp32, phase = self.fp32(), self.s['retrain']
+        found = self.search(budget, seed, sequential) if what == 'ssps' else self.policy_search(what, budget, seed)
+        policy = found['policy']
+        pair = uniform_pair(load_policy(policy))
+        if pair is not None:  # e.g. the W2A2 budget with 2 bits the lowest candidate: there was no choice
+            return dict(self.retrain_uniform(pair, seed), same_as_uniform=pair)
+        name = (f'retrain_ssps_{budget}_{"seq" if sequential else "noseq"}_s{seed}' if what == 'ssps'
+                else f'retrain_{what}_{budget}_s{seed}')
+        mode = ['--policy', policy]
+        return self.cache.get(name, self._settings(phase=phase, fp32=self._fp32_key(), mode=mode, seed=seed),
                               lambda d: train_run(d, self.config, self.options(phase), seed, mode,
                                                   fp32['checkpoint']))
 
@@ -633,21 +913,125 @@ def _spread(values: list[float]) -> dict:
             'min': min(values), 'max': max(values), 'n': len(values)}
 
 
-def quality(exp: Experiments) -> dict:
-    """Section 3: SSPS at the BitOPs of uniform WxAx against uniform WxAx, both retrained."""
+def decision_stats(policy_path: str) -> dict:
+    """How a policy's searched decisions were made: mean certainty at decision, fraction by threshold.
+
+    Reads the policy's ``decisions`` (``{label: {bits, certainty, step, by}}``) when present;
+    otherwise the per-layer ``certainty`` (the fraction by threshold is then unknown: None).
+    """
+    data = json.loads(Path(policy_path).read_text())
+    decisions = data.get('decisions')
+    if isinstance(decisions, dict) and decisions:
+        entries = [d for d in decisions.values() if isinstance(d, dict)]
+        values = [d['certainty'] for d in entries if isinstance(d.get('certainty'), (int, float))]
+        by = [d.get('by') for d in entries]
+        return {'certainty': statistics.fmean(values) if values else None,
+                'by_threshold': by.count('threshold') / len(by) if by else None,
+                'by': {k: by.count(k) for k in sorted(set(map(str, by)))}, 'decisions': len(entries),
+                'source': 'decisions'}
+    return {'certainty': mean_certainty(policy_path), 'by_threshold': None, 'by': None, 'decisions': None,
+            'source': 'layers'}
+
+
+def policy_agreement(paths: list[str]) -> float | None:
+    """Fraction of searched (layer, slot) decisions with equal bits, averaged over pairs of policies."""
+    import itertools
+
+    from ssps_nni.policy import load_policy
+
+    policies = [load_policy(p) for p in paths]
+    values = []
+    for a, b in itertools.combinations(policies, 2):
+        keys = [(n, k) for n, v in a.layers.items() if not v.get('pinned') and not v.get('excluded')
+                for k in ('w_bits', 'a_bits')]
+        if keys:
+            values.append(sum(a.layers[n][k] == b.layers.get(n, {}).get(k) for n, k in keys) / len(keys))
+    return statistics.fmean(values) if values else None
+
+
+def quality_row(exp: Experiments, budget: str, method: str, found: dict) -> dict:
+    """One row of the quality section from the runs finished so far (``n`` counts them)."""
+    target = exp.budgets[budget]['target']
+    row = {'budget': budget, 'budget_arg': exp.budget_arg(budget), 'target': target, 'method': method}
+    searches = list(found['searches'])
+    if method == 'uniform':
+        options = {pair: {'top1': _spread([r['top1'] for _, r in runs]), 'top1_runs': [r['top1'] for _, r in runs]}
+                   for pair, runs in found['options'].items()}
+        done = [p for p in options if options[p]['top1']['n']]
+        best = max(done, key=lambda p: options[p]['top1']['mean']) if done else None
+        runs = [dict(r, seed=seed, uniform=best) for seed, r in found['options'].get(best, [])]
+        row.update(uniform_policy=best, uniform_options=options)
+    else:
+        runs = [dict(r, seed=seed) for seed, r in found['runs']]
+    row.update({
+        'top1': _spread([r['top1'] for r in runs]), 'top1_runs': [r['top1'] for r in runs],
+        'bitops': _spread([r['bitops'] for r in runs]),
+        'cost_ratio': _spread([r['bitops'] / target for r in runs if r.get('bitops') is not None]),
+        'search_cost_ratio': _spread([s['cost_ratio'] for _, s in searches]) if searches else None,
+        'search_s': _spread([s['search_s'] for _, s in searches]) if searches else None,
+        'same_as_uniform': [r.get('same_as_uniform') or False for r in runs] if method != 'uniform' else None,
+        'runs': [{'seed': r['seed'], 'top1': r['top1'], 'bitops': r['bitops'], 'cost_ratio': r['bitops'] / target,
+                  'checkpoint': r.get('checkpoint'), 'uniform': r.get('uniform') or r.get('same_as_uniform') or None}
+                 for r in runs],
+        'searches': [{'seed': seed, 'policy': s['policy'], 'cost_ratio': s['cost_ratio'], 'search_s': s['search_s']}
+                     for seed, s in searches],
+    })
+    if len(searches) > 1:
+        row['agreement'] = policy_agreement([s['policy'] for _, s in searches])
+    if method == 'ssps' and searches:
+        stats = [decision_stats(s['policy']) for _, s in searches]
+        row.update(certainty=_spread([d['certainty'] for d in stats]),
+                   by_threshold=_spread([d['by_threshold'] for d in stats]),
+                   final_step=_spread([s['final_step'] for _, s in searches]),
+                   steps=_spread([s['steps'] for _, s in searches]),
+                   decisions_source=stats[0]['source'])
+        for entry, d in zip(row['searches'], stats):
+            entry.update(certainty=d['certainty'], by_threshold=d['by_threshold'], by=d['by'])
+        for entry, (_, s) in zip(row['searches'], searches):
+            entry.update(final_step=s['final_step'], steps=s['steps'])
+    return row
+
+
+def quality(exp: Experiments, progress=None) -> dict:
+    """Section 3: every method's policy at each budget, retrained from the same FP32 start.
+
+    Budgets and methods run in the order of the settings; ``progress(value)`` is called with the
+    section as it stands after every finished search and retraining (rows without a finished run
+    have ``n = 0``), so a stopped benchmark still leaves a table of what finished.
+    """
     fp32 = exp.fp32()
-    rows = []
-    for budget in exp.s['budgets']:
-        for what in ('uniform', 'ssps'):
-            runs = [exp.retrain(what, budget, seed) for seed in exp.s['seeds']]
-            searches = [exp.search(budget, seed) for seed in exp.s['seeds']] if what == 'ssps' else []
-            rows.append({
-                'budget': budget, 'method': what, 'top1': _spread([r['top1'] for r in runs]),
-                'top1_runs': [r['top1'] for r in runs], 'bitops': _spread([r['bitops'] for r in runs]),
-                'search_cost_ratio': _spread([s['cost_ratio'] for s in searches]) if searches else None,
-                'same_as_uniform': [bool(r.get('same_as_uniform')) for r in runs] if what == 'ssps' else None,
-            })
-    return {'fp32': fp32, 'rows': rows}
+    plan = [(b, m) for b in exp.s['budgets'] for m in exp.s.get('methods', ('uniform', 'ssps'))]
+    found = {key: {'searches': [], 'runs': [], 'options': {}} for key in plan}
+
+    def snapshot(complete: bool) -> dict:
+        return {'test_images': exp.test_images(), 'fp32': fp32, 'complete': complete,
+                'budgets': {b: exp.budgets[b] for b in exp.s['budgets']},
+                'methods': list(exp.s.get('methods', ('uniform', 'ssps'))),
+                'rows': [quality_row(exp, b, m, found[(b, m)]) for b, m in plan]}
+
+    def finished():
+        if progress is not None:
+            progress(snapshot(False))
+
+    # first seed of every method at every budget, then the second seeds: a stopped run still
+    # leaves every row with a first result
+    rounds = max(len(exp.seeds(m)) for _, m in plan)
+    for rank in range(rounds):
+        for budget, method in plan:
+            seeds = exp.seeds(method)
+            if rank >= len(seeds):
+                continue
+            seed, record = seeds[rank], found[(budget, method)]
+            if method == 'uniform':
+                for pair in uniform_options(budget):
+                    record['options'].setdefault(pair, []).append((seed, exp.retrain_uniform(pair, seed)))
+                    finished()
+            else:
+                record['searches'].append((seed, exp.find_policy(method, budget, seed)))
+                finished()
+                record['runs'].append((seed, exp.retrain(method, budget, seed)))
+                finished()
+    return snapshot(True)
 
 
 def mean_certainty(policy_path: str) -> float | None:
@@ -688,6 +1072,66 @@ def _pm(s: dict | None, fmt: str = '{:.2f}') -> str:
         return 'n/a'
     text = fmt.format(s['mean'])
     return text + (f' ± {fmt.format(s["std"])}' if s['n'] > 1 else '')
+
+
+METHOD_LABELS = {'ssps': 'SSPS', 'uniform': 'uniform', 'random': 'random within budget',
+                 'sensitivity': 'sensitivity'}
+
+
+def _giga(s: dict | None) -> dict | None:
+    return None if not s else {k: (v / 1e9 if isinstance(v, float) and k != 'n' else v) for k, v in s.items()}
+
+
+def _method_label(r: dict) -> str:
+    """The policy column: the method, which uniform policy won, or that a search found a uniform one."""
+    method = r['method']
+    if method == 'uniform':
+        options = r.get('uniform_options') or {}
+        best = r.get('uniform_policy') or (r['budget'] if not options else None)
+        if len(options) > 1:
+            tried = ', '.join(f'{p} {_pm(o["top1"])}' for p, o in options.items())
+            return f'uniform {best or "n/a"} (better of {tried})'
+        return f'uniform {best}' if best else 'uniform'
+    label = METHOD_LABELS.get(method, method)
+    same = r.get('same_as_uniform') or []
+    if same and all(same):
+        found = sorted({v for v in same if isinstance(v, str)})
+        return f'{label} (found the uniform policy{" " + ", ".join(found) if found else ""})'
+    return label
+
+
+def quality_lines(q: dict, seeds: str) -> list[str]:
+    """The quality table: every row's spread (mean ± std over its runs; n/a: no finished run)."""
+    fp32 = q['fp32']
+    start = ('shipped checkpoint' if fp32.get('trained_here') is False else 'trained here')
+    images = f'; {q["test_images"]:,} test images' if q.get('test_images') else ''
+    if fp32.get('trained_here') is False:
+        start += (f' `{fp32["checkpoint"]}`' if fp32.get('checkpoint') else '') + (
+            f', trained by `{fp32["command"]}`' if fp32.get('command') else '')
+    head = (f'FP32 start ({start}): top-1 {fp32["top1"]:.2f} %, {fp32["bitops"] / 1e9:.2f} GBitOPs{images}. '
+            f'Mean ± std over the runs of each row (seeds {seeds}; the standard mode runs the sensitivity method '
+            'with the first seed only), in brackets. Cost / target: the retrained model\'s BitOPs over the budget; '
+            'search cost / target: the policy\'s. SSPS columns: mean selection certainty when a decision was fixed, fraction of decisions '
+            'fixed by the certainty threshold, fraction of searched (layer, slot) decisions on which the seeds\' '
+            'policies agree, optimizer step at which the policy was final.')
+    if q.get('complete') is False:
+        head += ' **Partial: the benchmark is still running or was stopped; rows with n/a have no finished run.**'
+    lines = [head, '',
+             '| budget | policy | top-1 % | runs | GBitOPs | cost / target | search cost / target | search s | '
+             'certainty at decision | by threshold | seed agreement | final at step |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+    for r in q['rows']:
+        runs = ', '.join(f'{v:.1f}' for v in r.get('top1_runs', []) if v is not None)
+        target = f' ({r["target"] / 1e9:.4f} G)' if r.get('target') else ''
+        agreement = r.get('agreement')
+        lines.append(
+            f'| {r["budget"]}{target} | {_method_label(r)} | {_pm(r["top1"])} | [{runs}] | '
+            f'{_pm(_giga(r.get("bitops")), "{:.4f}")} | {_pm(r.get("cost_ratio"), "{:.3f}")} | '
+            f'{_pm(r.get("search_cost_ratio"), "{:.3f}")} | {_pm(r.get("search_s"), "{:.0f}")} | '
+            f'{_pm(r.get("certainty"), "{:.3f}")} | {_pm(r.get("by_threshold"), "{:.2f}")} | '
+            f'{"n/a" if agreement is None else f"{agreement:.2f}"} | {_pm(r.get("final_step"), "{:.0f}")} |')
+    lines.append('')
+    return lines
 
 
 def markdown(results: dict) -> str:
@@ -736,20 +1180,8 @@ def markdown(results: dict) -> str:
                          f'{_pm(r["top1"])} |')
         lines.append('')
     if 'quality' in results:
-        q = results['quality']
-        lines += header('Quality at equal BitOPs (real CIFAR-10, ResNet-20)', 'quality') + [
-                  f'FP32 start: top-1 {q["fp32"]["top1"]:.2f} %, {q["fp32"]["bitops"] / 1e9:.2f} GBitOPs. '
-                  f'Mean ± std over seeds {seeds("quality")} (runs in brackets).', '',
-                  '| budget | policy | top-1 % | runs | GBitOPs | search cost / target |', '|---|---|---|---|---|---|']
-        for r in q['rows']:
-            runs = ', '.join(f'{v:.1f}' for v in r['top1_runs'] if v is not None)
-            bitops = _pm({k: (v / 1e9 if isinstance(v, float) else v) for k, v in r['bitops'].items()}, '{:.4f}')
-            what = 'uniform'
-            if r['method'] == 'ssps':
-                what = 'SSPS (found the uniform policy)' if all(r.get('same_as_uniform') or [False]) else 'SSPS'
-            lines.append(f'| {r["budget"]} | {what} | {_pm(r["top1"])} | '
-                         f'[{runs}] | {bitops} | {_pm(r["search_cost_ratio"], "{:.3f}")} |')
-        lines.append('')
+        lines += header('Quality at equal BitOPs (real CIFAR-10, ResNet-20)', 'quality') + quality_lines(
+            results['quality'], seeds('quality'))
     return '\n'.join(lines)
 
 
@@ -762,12 +1194,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f'any of {", ".join(SECTIONS)} (default: all)')
     size = parser.add_mutually_exclusive_group()
     size.add_argument('--quick', action='store_true', help='reduced settings for 2 CPU cores (documented)')
+    size.add_argument('--standard', action='store_true',
+                      help='the quality instrument: full CIFAR-10 from the shipped FP32 checkpoint, budgets '
+                           'W3A3 / 2.5-bit / W4A4, methods SSPS, uniform, random, sensitivity (hours on 2 cores)')
     size.add_argument('--smoke', action='store_true', help='smallest setting: checks the benchmark runs')
     parser.add_argument('--out', help='output folder (default: work_dirs/benchmark_<mode>)')
     parser.add_argument('--seeds', help='comma-separated seeds of the searches and retrainings')
     parser.add_argument('--device', choices=('cpu', 'cuda'), help='default: cuda if available')
-    parser.add_argument('--data-root', help='CIFAR-10 folder with train/ and test/ (full mode; '
+    parser.add_argument('--data-root', help='CIFAR-10 folder with train/ and test/ (full and standard modes; '
                                             'default ../shared/data/cifar10)')
+    parser.add_argument('--networks', help='comma-separated networks of the step-cost section '
+                                           f'(default: the mode\'s; accepted: {", ".join(NETWORKS)})')
+    parser.add_argument('--no-darts', action='store_true', help='step-cost section without the NNI DARTS rows')
+    parser.add_argument('--fp32-checkpoint', metavar='PTH',
+                        help=f'FP32 start of --standard (default {STANDARD_FP32}; a JSON with top1 and command '
+                             'beside it)')
     return parser.parse_args(argv)
 
 
@@ -778,8 +1219,16 @@ def resolve(args) -> tuple[str, dict, list[str], str, str | None]:
     if bad:
         raise InputError(f'unknown section {bad[0]!r}; accepted: {", ".join(SECTIONS)} or all')
     sections = [s for s in SECTIONS if not args.sections or 'all' in args.sections or s in args.sections]
-    mode = 'smoke' if args.smoke else 'quick' if args.quick else 'full'
+    mode = 'smoke' if args.smoke else 'quick' if args.quick else 'standard' if args.standard else 'full'
     settings = copy.deepcopy(MODES[mode])
+    if args.networks is not None:
+        nets = tuple(n.strip() for n in args.networks.split(',') if n.strip())
+        bad = [n for n in nets if n not in NETWORKS]
+        if not nets or bad:
+            raise InputError(f'--networks {args.networks!r}: accepted networks are {", ".join(NETWORKS)}')
+        settings['networks'] = nets
+    if args.no_darts:
+        settings['darts'] = False
     if args.seeds is not None:
         try:
             settings['seeds'] = tuple(int(s) for s in args.seeds.split(',') if s.strip())
@@ -793,19 +1242,26 @@ def resolve(args) -> tuple[str, dict, list[str], str, str | None]:
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     if device == 'cuda' and not torch.cuda.is_available():
         raise InputError('--device cuda: no CUDA device is available; use --device cpu')
+    mmengine_sections = set(sections) & {'sequential', 'quality'}
+    if args.fp32_checkpoint is not None and mode != 'standard':
+        raise InputError('--fp32-checkpoint is used only by --standard (the other modes train their FP32 start)')
+    if 'checkpoint' in settings['fp32'] and mmengine_sections:
+        path = Path(args.fp32_checkpoint or ROOT / settings['fp32']['checkpoint']).resolve()
+        settings['fp32']['checkpoint'] = str(path)
+        shipped_fp32(str(path), str(ROOT / settings['config']))  # refuse now, before any run
     data_root = None
-    if mode == 'full' and set(sections) & {'sequential', 'quality'}:
+    if mode in ('full', 'standard') and mmengine_sections:
         from ssps_nni.data import shared_data_root
         shared = shared_data_root()
         data_root = args.data_root or (str(shared / 'cifar10') if shared else None)
         if not data_root or not (Path(data_root) / 'train').is_dir() or not (Path(data_root) / 'test').is_dir():
-            raise InputError(f'full mode trains on the full CIFAR-10 as JPEG folders: --data-root {data_root!r} '
+            raise InputError(f'{mode} mode trains on the full CIFAR-10 as JPEG folders: --data-root {data_root!r} '
                              'has no train/ and test/ folders. Give --data-root PATH (as ../shared/data/cifar10), '
                              'or use --quick (the shipped subset)')
         data_root = str(Path(data_root).resolve())
     elif args.data_root:
-        raise InputError('--data-root is used only by the sequential and quality sections in full mode; '
-                         '--quick and --smoke use the shipped CIFAR-10 subset, step-cost uses no data root')
+        raise InputError('--data-root is used only by the sequential and quality sections in full and standard '
+                         'modes; --quick and --smoke use the shipped CIFAR-10 subset, step-cost uses no data root')
     return mode, settings, sections, device, data_root
 
 
@@ -867,7 +1323,11 @@ def main(argv=None) -> int:
         for name, run in (('quality', quality), ('sequential', sequential)):
             if name in sections:  # seconds of this call's runs (reused runs cost nothing)
                 start = time.perf_counter()
-                save(name, run(exp), time.perf_counter() - start)
+                if name == 'quality':  # partial results after every finished run
+                    value = run(exp, lambda partial, t=start: save(name, partial, time.perf_counter() - t))
+                else:
+                    value = run(exp)
+                save(name, value, time.perf_counter() - start)
     text = markdown(results)
     print('\n' + text)
     print(f'results: {out / "results.json"}, {out / "results.md"} ({time.perf_counter() - started:.0f} s)')

@@ -28,6 +28,19 @@ def cost_lines(policy: Policy) -> list[str]:
         lines.append(f'{name} references: ' + ', '.join(
             f'{label} {fmt(refs[key])}' for key, label in
             (('fp32', 'FP32'), ('w8a8', 'W8A8'), ('min', 'min'), ('max', 'max')) if key in refs))
+    fill = policy.meta.get('fill')
+    if fill and fill.get('raises'):
+        for name, before in fill['before'].items():
+            total = policy.meta.get('totals', {}).get(name, {})
+            fmt = cost_formatter(name, total.get('unit', ''))
+            lines.append(f'{name}: budget fill raised {len(fill["raises"])} bit-width(s): '
+                         f'{fmt(before)} -> {fmt(fill["after"][name])}')
+    decisions = [d for d in policy.meta.get('decisions', {}).values() if d.get('by') in ('threshold', 'schedule', 'final')]
+    if decisions:
+        by = sum(d['by'] == 'threshold' for d in decisions)
+        mean = sum(float(d.get('certainty', 0.0)) for d in decisions) / len(decisions)
+        lines.append(f'decisions: {by}/{len(decisions)} fixed by the certainty threshold, '
+                     f'mean certainty when fixed {mean:.3f}')
     if policy.meta.get('repaired'):
         lines.append('note: the final policy needed a repair to fit the budget')
     return lines

@@ -1,4 +1,6 @@
-"""The main job, ``tools/search.py``: a tiny search end to end, resume, and bad input.
+"""The main job, ``tools/search.py``: a tiny search end to end, resume, and bad input; the one-shot
+methods (``--method sensitivity`` / ``random``) on the shipped subset config, their policy
+retrained by ``tools/train.py``, and their options' bad input.
 
 The end-to-end and resume runs use fresh interpreters (the real command line); the bad-input
 cases call ``main(argv)`` in-process, since they stop before training.
@@ -16,7 +18,7 @@ pytest.importorskip('mmpretrain')
 import ssps_nni.mmengine  # noqa: E402,F401  (torch safe globals for the checkpoint checks)
 from ssps_nni.policy import load_policy  # noqa: E402
 
-from mm_search_helpers import ROOT, run_search_tool  # noqa: E402
+from mm_search_helpers import ROOT, SUBSET_CONFIG, TRAIN_TOOL, run_search_tool, run_tool  # noqa: E402
 
 
 def _searched(policy):
@@ -119,3 +121,118 @@ def test_default_run(tmp_path):
     totals = policy.meta['totals']['bitops']
     assert totals['policy'] <= totals['target'] * (1 + 1e-9)
     assert policy.meta['num_decided'] == policy.meta['num_decisions']
+
+
+# -- one-shot methods: --method sensitivity / random ----------------------------------------------
+
+ONE_SHOT = ('sensitivity', 'random')
+
+
+@pytest.fixture(scope='module')
+def fp32_checkpoint(tmp_path_factory):
+    """An mmengine-style FP32 checkpoint of the config's model (initial weights): the ``--load-from``
+    of these tests, so they do not depend on the shipped checkpoint being there."""
+    from mmengine.config import Config
+
+    from ssps_nni.mmengine.qat import build_model_from_cfg
+
+    torch.manual_seed(0)
+    model = build_model_from_cfg(Config.fromfile(str(SUBSET_CONFIG)))
+    model.init_weights()
+    path = tmp_path_factory.mktemp('fp32') / 'fp32.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def one_shot_runs(tmp_path_factory, fp32_checkpoint):
+    """``tools/search.py --method M`` on the shipped subset config at W3A3 (4 sensitivity batches)."""
+    runs = {}
+    for method in ONE_SHOT:
+        work_dir = tmp_path_factory.mktemp(f'{method}_run')
+        extra = ['--sensitivity-batches', '4'] if method == 'sensitivity' else []
+        result = run_search_tool(SUBSET_CONFIG, '--work-dir', work_dir, '--method', method, '--seed', '0',
+                                 '--budget', 'bitops=W3A3', '--load-from', fp32_checkpoint, *extra)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        (work_dir / 'stdout.txt').write_text(result.stdout + result.stderr)
+        runs[method] = work_dir
+    return runs
+
+
+@pytest.mark.parametrize('method', ONE_SHOT)
+def test_one_shot_method_writes_a_policy_that_fills_the_budget(one_shot_runs, fp32_checkpoint, method):
+    work_dir = one_shot_runs[method]
+    data = json.loads((work_dir / 'policy.json').read_text())
+    totals = data['totals']['bitops']
+    assert 0.97 <= totals['policy'] / totals['target'] <= 1.0 + 1e-9
+    policy = load_policy(work_dir / 'policy.json')  # valid, as tools/train.py and tools/export.py read it
+    assert len(_searched(policy)) == 18
+    assert policy.layers['backbone.conv1']['pinned'] and policy.layers['head.fc']['pinned']
+    assert (work_dir / 'policy.png').stat().st_size > 0
+    assert not list(work_dir.glob('*.pth')), 'a one-shot method trains nothing and saves no checkpoint'
+    out = (work_dir / 'stdout.txt').read_text()
+    assert 'cost / target' in out and 'target' in out and 'Traceback' not in out
+    assert f'Load checkpoint from {fp32_checkpoint} (into the float model)' in out
+
+
+def test_random_policy_depends_on_the_seed(one_shot_runs, fp32_checkpoint, tmp_path):
+    result = run_search_tool(SUBSET_CONFIG, '--work-dir', tmp_path, '--method', 'random', '--seed', '1',
+                             '--budget', 'bitops=W3A3', '--load-from', fp32_checkpoint)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seed0 = load_policy(one_shot_runs['random'] / 'policy.json')
+    seed1 = load_policy(tmp_path / 'policy.json')
+    assert seed0.bits() != seed1.bits()
+
+
+def test_train_tool_retrains_a_one_shot_policy(one_shot_runs, fp32_checkpoint, tmp_path):
+    """``tools/train.py --policy`` takes the policy unchanged (one epoch on 25 images, 20 test images)."""
+    policy = one_shot_runs['sensitivity'] / 'policy.json'
+    indices = '[' + ','.join(map(str, range(0, 5000, 200))) + ']'
+    test = '[' + ','.join(map(str, range(0, 1000, 50))) + ']'
+    result = run_tool(TRAIN_TOOL, SUBSET_CONFIG, '--policy', policy, '--work-dir', tmp_path,
+                      '--load-from', fp32_checkpoint, '--cfg-options',
+                      'train_cfg.max_epochs=1', 'train_dataloader.batch_size=8',
+                      f'train_dataloader.dataset.indices={indices}', f'test_dataloader.dataset.indices={test}',
+                      f'val_dataloader.dataset.indices={test}')
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    res = json.loads((tmp_path / 'train_result.json').read_text())
+    assert res['mode'] == 'policy' and 0 <= res['metrics']['accuracy/top1'] <= 100
+    bitops = json.loads(policy.read_text())['totals']['bitops']['policy']
+    assert res['bitops']['value'] == pytest.approx(bitops, rel=1e-6)
+
+
+METHOD_INPUT = [
+    (['--method', 'sensitivity', '--sensitivity-batches', '0'], '--sensitivity-batches must be >= 1'),
+    (['--method', 'sensitivity', '--sensitivity-batches', '-3'], '--sensitivity-batches must be >= 1'),
+    (['--method', 'random', '--sensitivity-batches', '4'], 'used only by --method sensitivity'),
+    (['--sensitivity-batches', '4'], 'used only by --method sensitivity'),
+    (['--method', 'random', '--resume'], 'nothing to resume'),
+]
+
+
+@pytest.mark.parametrize('args, message', METHOD_INPUT, ids=[' '.join(a) for a, _ in METHOD_INPUT])
+def test_bad_method_options_exit_2(search_tool, tiny_config, tmp_path, capsys, args, message):
+    code = search_tool.main([str(tiny_config), '--work-dir', str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and 'search.py: error:' in err and 'Traceback' not in err
+    assert not (tmp_path / 'policy.json').exists()
+
+
+def test_unknown_method_and_bad_batches_from_the_command_line(tiny_config, tmp_path):
+    for args, message in ((['--method', 'foo'], "invalid choice: 'foo'"),
+                          (['--method', 'sensitivity', '--sensitivity-batches', 'x'], 'invalid int value'),
+                          (['--method', 'sensitivity', '--sensitivity-batches', '0'], 'must be >= 1')):
+        result = run_search_tool(tiny_config, '--work-dir', tmp_path, *args)
+        assert result.returncode == 2, args
+        assert message in result.stderr and 'search.py: error:' in result.stderr
+        assert 'Traceback' not in result.stderr
+    assert not (tmp_path / 'policy.json').exists()
+
+
+def test_one_shot_method_refuses_an_unreachable_budget(search_tool, tiny_config, fp32_checkpoint, tmp_path,
+                                                       capsys):
+    code = search_tool.main([str(tiny_config), '--work-dir', str(tmp_path), '--method', 'random',
+                             '--budget', 'bitops=1000', '--load-from', str(fp32_checkpoint)])
+    err = capsys.readouterr().err
+    assert code == 2 and 'unreachable' in err
+    assert not (tmp_path / 'policy.json').exists()
