@@ -353,6 +353,28 @@ def read_onnx_bits(path_or_model) -> dict[str, tuple[int, int]]:
 QUANT_STATE_KEYS = ("w_scale", "a_scale", "w_mask", "a_mask", "a_signed", "initialized")
 
 
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be a ``torch.save`` checkpoint, or None if it can (a cheap check).
+
+    ``torch.save`` writes a zip archive (or, in the legacy format, a pickle starting with
+    protocol byte 0x80); anything else (a text file, an image, a truncated download) is refused
+    before a training run is built on it.
+    """
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        return f"{path} is not a local file"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError as err:
+        return f"{path} cannot be read ({err})"
+    if zipfile.is_zipfile(path) or head[:1] == b"\x80":
+        return None
+    return f"{path} is not a PyTorch checkpoint (torch.save writes a zip archive or a pickle)"
+
+
 def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict:
     if state and all(k.startswith(prefix) for k in state):
         return {k[len(prefix):]: v for k, v in state.items()}

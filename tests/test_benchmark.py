@@ -46,7 +46,7 @@ def test_smoke_run_has_every_section(smoke):
     assert res['sections'] == ['step-cost', 'sequential', 'quality']
     assert (out / 'results.md').read_text().count('###') == 3
     rows = {r['method']: r for r in res['step-cost']}
-    assert set(rows) == {'fp32', 'qat', 'ssps', 'darts'}
+    assert set(rows) == {'fp32', 'qat', 'ssps_sampled', 'ssps', 'darts'}
     assert rows['qat']['time_ratio'] == pytest.approx(1.0) and rows['qat']['memory_ratio'] == pytest.approx(1.0)
     assert rows['darts']['phases'] == 2 and rows['ssps']['phases'] == 1
     # every candidate path keeps its activations and weights: more memory than one sampled path

@@ -199,6 +199,13 @@ def validate(cfg) -> None:
             f'load_from = {load_from!r} is not a local file. Give the path of a full-precision '
             'checkpoint of this model (--load-from PTH), or none to search from the initial weights; '
             'URLs are not fetched (no network).')
+    if load_from:
+        from ssps_nni.export import checkpoint_problem
+
+        problem = checkpoint_problem(load_from)
+        if problem:
+            raise InputError(f'load_from: {problem}. Give the path of a full-precision checkpoint of this '
+                             'model (--load-from PTH), or --cfg-options load_from=None for the initial weights.')
 
 
 def print_result(work_dir: str) -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv inside the repository and installs the pinned set (ARCHITECTURE.md).
+# Creates .venv inside the repository and installs the pinned set (setup.cfg; README.md).
 # Idempotent: every step first checks whether its result is already there, so a second
 # run takes seconds. A failing step stops the script, names the step and shows its log.
 set -euo pipefail

@@ -130,6 +130,12 @@ def validate(cfg) -> None:
     if load_from and not osp.isfile(load_from):
         raise InputError(f'load_from = {load_from!r} is not a local file; give the path of a checkpoint '
                          '(full-precision, search or QAT) of this model, or none (no network: URLs are not fetched)')
+    if load_from:
+        from ssps_nni.export import checkpoint_problem
+
+        problem = checkpoint_problem(load_from)
+        if problem:
+            raise InputError(f'load_from: {problem}; give a checkpoint to start from (--load-from PTH)')
     search_tool = _search_tool()
     for split in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         loader = cfg.get(split, None)

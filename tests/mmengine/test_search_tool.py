@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,6 +76,7 @@ BAD_INPUT = [
     (['--candidates', '1,2,4'], 'bit-width 1 outside 2..32'),
     (['--resume'], 'found no checkpoint'),
     (['--load-from', 'no/such/checkpoint.pth'], 'not a local file'),
+    (['--load-from', str(Path(__file__).resolve().parents[2] / 'README.md')], 'is not a PyTorch checkpoint'),
     (['--cfg-options', 'train_dataloader.dataset.archive=/no/such/subset.tar.gz'], 'does not exist'),
 ]
 

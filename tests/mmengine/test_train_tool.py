@@ -97,6 +97,8 @@ BAD_INPUT = {
     'uniform W1A4': (lambda t, p: ['--uniform', 'W1A4'], 'weights need 2..32 bits'),
     'uniform W40A4': (lambda t, p: ['--uniform', 'W40A4'], 'not an integer in 1..32'),
     'missing load-from': (lambda t, p: ['--uniform', 'W4A4', '--load-from', str(t / 'no.pth')], 'is not a local file'),
+    'load-from not a checkpoint': (lambda t, p: ['--uniform', 'W4A4', '--load-from', str(_write(t / 'text.pth', 'not a checkpoint'))],
+                                   'is not a PyTorch checkpoint'),
 }
 
 
