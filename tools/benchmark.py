@@ -209,14 +209,15 @@ def setup_qat(model, x, y, xv, yv, candidates):
     return [_float_step(model, weight_optimizer(model.parameters()), x, y)], model
 
 
-def setup_ssps(model, x, y, xv, yv, candidates):
-    """(c): the ``SSPSSearch`` loop (sampling, constraint loss, logits Adam, decider)."""
+def setup_ssps(model, x, y, xv, yv, candidates, **options):
+    """(c): the ``SSPSSearch`` loop (sampling, dense scores, logits Adam, decider)."""
     import torch.nn.functional as F
 
     from ssps_nni.search import SearchConfig, SSPSSearch
 
     # A long search length: decisions stay open while timing, i.e. the most expensive steps.
-    search = SSPSSearch(model, SearchConfig(budget='bitops=W4A4', candidates=candidates, total_steps=10 ** 6))
+    search = SSPSSearch(model, SearchConfig(budget='bitops=W4A4', candidates=candidates, total_steps=10 ** 6,
+                                            **options))
     search.prepare(lambda: model(x), num_samples=len(x))
     optimizer = weight_optimizer(model.parameters())
     model.train()
@@ -235,26 +236,7 @@ def setup_ssps(model, x, y, xv, yv, candidates):
 
 def setup_ssps_sampled(model, x, y, xv, yv, candidates):
     """(c0): the same loop with the sampled-path signal only (no dense scores; the step before them)."""
-    import torch.nn.functional as F
-
-    from ssps_nni.search import SearchConfig, SSPSSearch
-
-    search = SSPSSearch(model, SearchConfig(budget='bitops=W4A4', candidates=candidates, total_steps=10 ** 6,
-                                            signal='sampled', penalty='abs', logits_lr=3e-3))
-    search.prepare(lambda: model(x), num_samples=len(x))
-    optimizer = weight_optimizer(model.parameters())
-    model.train()
-
-    def step():
-        search.begin_step(search.step)
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
-        extra, _ = search.loss_term(loss)
-        (loss + extra).backward()
-        optimizer.step()
-        search.step_logits()
-        search.end_step(search.step + 1)
-    return [step], model
+    return setup_ssps(model, x, y, xv, yv, candidates, signal='sampled', penalty='abs', logits_lr=3e-3)
 
 
 def multipath_space(model, candidates):
