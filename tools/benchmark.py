@@ -48,6 +48,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -1185,6 +1186,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--device', choices=('cpu', 'cuda'), help='default: cuda if available')
     parser.add_argument('--data-root', help='CIFAR-10 folder with train/ and test/ (full and standard modes; '
                                             'default ../shared/data/cifar10)')
+    parser.add_argument('--budgets', help="comma-separated budgets of the quality section, e.g. W4A4 or "
+                                          "W3A3,2.5-bit (default: the mode's)")
     parser.add_argument('--networks', help='comma-separated networks of the step-cost section '
                                            f'(default: the mode\'s; accepted: {", ".join(NETWORKS)})')
     parser.add_argument('--no-darts', action='store_true', help='step-cost section without the NNI DARTS rows')
@@ -1211,6 +1214,12 @@ def resolve(args) -> tuple[str, dict, list[str], str, str | None]:
         settings['networks'] = nets
     if args.no_darts:
         settings['darts'] = False
+    if args.budgets is not None:
+        wanted = tuple(b.strip() for b in args.budgets.split(',') if b.strip())
+        bad = [b for b in wanted if b != MIDPOINT and not re.fullmatch(r'W\d+A\d+', b)]
+        if not wanted or bad:
+            raise InputError(f'--budgets {args.budgets!r}: give uniform budgets WxAy or {MIDPOINT}, comma-separated')
+        settings['budgets'] = wanted
     if args.seeds is not None:
         try:
             settings['seeds'] = tuple(int(s) for s in args.seeds.split(',') if s.strip())
