@@ -25,7 +25,7 @@ from .cell import CELL_TYPES
 from .convert import DEFAULT_CANDIDATES, DEFAULT_PINNED_BITS, SearchSpace, convert_model
 from .cost import SpaceCost, build_cost_model, parse_budgets, profile_layers
 from .decider import Constraint, DeciderConfig, SequentialDecider
-from .penalty import PENALTY_FORMS, ConstraintLoss, penalty_term
+from .penalty import PENALTY_FORMS, ConstraintLoss
 from .policy import Policy
 from .sampler import SLOTS, TemperatureSchedule
 from .scores import SCORE_FORMS, ScoreAverage, lagrange_multipliers, normalized
@@ -324,21 +324,18 @@ class SSPSSearch:
         """
         d = normalized({s: self.scores.value(s) for s in SLOTS}, masks)
         j = sum((probs[s] * d[s]).sum() for s in SLOTS)
-        ratios = {n: c.expected(probs["w"], probs["a"]).cpu() / self.targets[n] for n, c in self.costs.items()}
-        if self.config.penalty == "lagrange":
-            names = list(self.costs)
-            self.mu = lagrange_multipliers(
-                d, masks, [self.costs[n].table for n in names],
-                [self.targets[n] - self.costs[n].pinned_cost for n in names], [self.targets[n] for n in names])
-            j = j + sum(m * ratios[n] for m, n in zip(self.mu, names))
-        elif self.config.penalty == "mul":
-            factor = 1.0
-            for r in ratios.values():
-                factor = factor * r ** self.config.beta
-            j = j * factor
-        else:
-            j = j + self.config.lam * sum(penalty_term(r, self.config.penalty) for r in ratios.values())
-        return j
+        expected = {n: c.expected(probs["w"], probs["a"]).cpu() for n, c in self.costs.items()}
+        if self.config.penalty != "lagrange":  # the configured form, as for the task loss (§5)
+            term, _ = self.config.constraint_loss.extra(j, expected, self.targets)
+            return j + term
+        names = list(self.costs)
+        tables, limits = zip(*self.constraints())
+        self.mu = lagrange_multipliers(d, masks, list(tables), list(limits), [self.targets[n] for n in names])
+        return j + sum(m * expected[n] / self.targets[n] for m, n in zip(self.mu, names))
+
+    def constraints(self) -> list[tuple[torch.Tensor, float]]:
+        """Per budget, ``(table (L, n_w, n_a), limit)``: what the searched layers may cost (§4)."""
+        return [(c.table, self.targets[n] - c.pinned_cost) for n, c in self.costs.items()]
 
     def end_step(self, step: int) -> list[str]:
         """Run the decider if ``step`` (steps completed) is a decision point; returns new labels."""
@@ -376,8 +373,7 @@ class SSPSSearch:
             gains = {s: self.scores.value(s) for s in SLOTS}
             if self.scores.form == "signed":
                 gains = {s: g.abs() for s, g in gains.items()}
-        constraints = [(self.costs[n].table, self.targets[n] - self.costs[n].pinned_cost) for n in names]
-        w_new, a_new, raises = budget_fill(w_idx, a_idx, constraints, gains["w"], gains["a"])
+        w_new, a_new, raises = budget_fill(w_idx, a_idx, self.constraints(), gains["w"], gains["a"])
         for l, (w, a) in enumerate(zip(w_new, a_new)):
             for slot, k in (("w", w), ("a", a)):
                 if k != space.fixed_index(l, slot):

@@ -87,10 +87,6 @@ def _apply(search: SSPSSearch, w_idx, a_idx) -> None:
         search.space.fix(l, "a", int(a))
 
 
-def _constraints(search: SSPSSearch) -> list:
-    return [(c.table, search.targets[n] - c.pinned_cost) for n, c in search.costs.items()]
-
-
 def sensitivity_policy(search: SSPSSearch, scores: dict[str, torch.Tensor], time_limit: float = 60.0) -> Policy:
     """The policy minimising the summed sensitivity within every budget, then the fill (§10, §5).
 
@@ -110,7 +106,7 @@ def sensitivity_policy(search: SSPSSearch, scores: dict[str, torch.Tensor], time
     start = time.perf_counter()
     s_w, s_a = scores["w"].double(), scores["a"].double()
     objective = s_w[:, :, None] + s_a[:, None, :]
-    w_idx, a_idx = solve_mckp(objective, _constraints(search), time_limit=time_limit)
+    w_idx, a_idx = solve_mckp(objective, search.constraints(), time_limit=time_limit)
     _apply(search, w_idx, a_idx)
     search.fill_info = search.budget_fill({"w": s_w, "a": s_a})
     policy = search.policy()
@@ -134,7 +130,7 @@ def random_policy(search: SSPSSearch, seed: int = 0, low: float = 0.97) -> Polic
     search._require_prepared()
     space = search.space
     generator = torch.Generator().manual_seed(int(seed))
-    w_idx, a_idx = draw(_constraints(search), len(space.candidates["w"]), len(space.candidates["a"]),
+    w_idx, a_idx = draw(search.constraints(), len(space.candidates["w"]), len(space.candidates["a"]),
                         generator, low=low)
     _apply(search, w_idx, a_idx)
     policy = search.policy()
