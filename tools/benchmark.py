@@ -281,7 +281,7 @@ def multipath_space(model, candidates):
 def setup_darts(model, x, y, xv, yv, candidates):
     """(d): NNI's ``DARTS`` supernet over the multi-path space (``GumbelDARTS`` differs only in
     its softmax, so its step costs the same)."""
-    import nni.nas.strategy  # noqa: F401  (before oneshot: NNI_NOTES pitfall)
+    import nni.nas.strategy  # noqa: F401  (before oneshot: otherwise NNI's built-in strategies become placeholders)
     import torch
     import torch.nn.functional as F
     from nni.nas.oneshot.pytorch.strategy import DARTS
