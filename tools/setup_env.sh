@@ -33,12 +33,33 @@ step() {  # step NAME CHECK_CMD INSTALL_CMD
 
 PIP="$PY -m pip install --disable-pip-version-check"
 
-# Fast path: nothing changed since the last complete run (set SSPS_SETUP_CHECK=1 to re-check).
+# Where the venv imports ssps_nni from. It must be this checkout: a venv shared by two
+# checkouts (SSPS_VENV), or one whose editable install was made from another clone, would
+# otherwise run the other checkout's code. Asked from / with -I (no cwd, no PYTHONPATH on
+# sys.path), and with find_spec, so the package is located the way the venv resolves it
+# (the editable install's finder or .pth) without being imported.
+installed_from() {  # prints the real path of the ssps_nni/__init__.py the venv resolves ("" if none)
+    (cd / && "$PY" -I -c 'import importlib.util, os
+s = importlib.util.find_spec("ssps_nni")
+print(os.path.realpath(s.origin) if s is not None and s.origin else "")' 2>/dev/null) || true
+}
+installed_here() {  # true when the venv's ssps_nni is this checkout's
+    [ "$(installed_from)" = "$(realpath "$ROOT/ssps_nni/__init__.py")" ]
+}
+export -f installed_from installed_here
+export PY ROOT
+
+# Fast path: nothing changed since the last complete run and the package is installed from
+# this checkout (set SSPS_SETUP_CHECK=1 to re-check every step).
 DONE_HASH="$(cat "$ROOT/setup.cfg" "$ROOT/tools/setup_env.sh" | sha256sum | cut -d' ' -f1)"
 DONE="$VENV/.ssps-setup-done"
 if [ -z "${SSPS_SETUP_CHECK:-}" ] && [ -x "$PY" ] && [ "$(cat "$DONE" 2>/dev/null)" = "$DONE_HASH" ]; then
-    echo "[setup] environment up to date: $VENV (SSPS_SETUP_CHECK=1 re-checks every step)"
-    exit 0
+    if installed_here; then
+        echo "[setup] environment up to date: $VENV (SSPS_SETUP_CHECK=1 re-checks every step)"
+        exit 0
+    fi
+    FROM="$(installed_from)"
+    echo "[setup] ssps_nni in $VENV is installed from ${FROM:-nowhere (not importable)}, not from this checkout ($ROOT): reinstalling it"
 fi
 
 step venv \
@@ -62,8 +83,9 @@ step mmcv \
 # The stamp holds the hash of setup.cfg, so a changed pin re-runs this step.
 REQ_HASH="$(sha256sum "$ROOT/setup.cfg" | cut -d' ' -f1)"
 STAMP="$VENV/.ssps-nni-requirements"
+# Also redone when the venv's ssps_nni comes from another checkout (installed_here).
 step ssps-nni \
-    "test \"\$(cat '$STAMP' 2>/dev/null)\" = '$REQ_HASH' && '$PY' -c 'import ssps_nni, mmdet, mmpretrain, nni, pytorch_lightning, pytest, hypothesis, onnxruntime'" \
+    "installed_here && test \"\$(cat '$STAMP' 2>/dev/null)\" = '$REQ_HASH' && '$PY' -c 'import ssps_nni, mmdet, mmpretrain, nni, pytorch_lightning, pytest, hypothesis, onnxruntime'" \
     "$PIP --no-build-isolation -e '$ROOT[test,export]' && echo '$REQ_HASH' > '$STAMP'"
 
 echo "$DONE_HASH" > "$DONE"
