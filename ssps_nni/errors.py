@@ -6,7 +6,14 @@ so callers that already catch ``ValueError`` keep working.
 
 
 class SSPSError(ValueError):
-    """Base class of every error ssps-nni raises for bad input."""
+    """Base class of every error ssps-nni raises for bad input, and of a diverged search.
+
+    Attributes:
+        exit_status: the status a command-line tool exits with for this error: 2 (bad input),
+            3 for :class:`SearchDivergedError`.
+    """
+
+    exit_status = 2
 
 
 class CandidateError(SSPSError):
@@ -27,3 +34,18 @@ class NoQuantizableLayersError(SSPSError):
 
 class PolicyError(SSPSError):
     """A policy file is unreadable, malformed, or does not match the model."""
+
+
+class PolicyNotFinalError(PolicyError):
+    """A policy file is a search's interim snapshot (``"final": false``), not its result."""
+
+
+class SearchDivergedError(SSPSError):
+    """The training loss (or the logits objective) became NaN or inf during a search.
+
+    Not bad input in the usual sense, so command-line tools give it its own exit status
+    (:attr:`exit_status`); the message names the step and, where it was found, the first layer
+    whose output was not finite. The search writes no final policy.
+    """
+
+    exit_status = 3

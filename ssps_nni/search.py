@@ -7,24 +7,33 @@ Both drivers (the NNI strategy and the mmengine hook) map their events onto this
     for step, batch in enumerate(loader):
         search.begin_step(step)                 # temperature, warm-up
         loss = task_loss(model(batch))
+        search.check_loss(loss, locate=lambda: model(batch))  # NaN/inf: SearchDivergedError
         extra, details = search.loss_term(loss)  # constraint loss (§5)
         (loss + extra).backward(); weight_optimizer.step()
         search.step_logits()                     # Adam on the logits (§7)
         search.end_step(step + 1)                # sequential determination (§6)
         if search.done: break
-    policy = search.finish(step + 1)
+    policy = search.finish(step + 1)         # policy.meta['final'] is True
+
+Before the loop, :meth:`SSPSSearch.single_policy` says whether there is anything to search (one
+candidate per decision, or budgets that leave one feasible policy); :meth:`SSPSSearch.settle`
+then fixes that policy without training.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
+import math
+
 import torch
+from torch import nn
 
 from .cell import CELL_TYPES
 from .convert import DEFAULT_CANDIDATES, DEFAULT_PINNED_BITS, SearchSpace, convert_model
 from .cost import SpaceCost, build_cost_model, parse_budgets, profile_layers
 from .decider import Constraint, DeciderConfig, SequentialDecider
+from .errors import SearchDivergedError
 from .penalty import PENALTY_FORMS, ConstraintLoss
 from .policy import Policy
 from .sampler import SLOTS, TemperatureSchedule
@@ -191,6 +200,9 @@ class SSPSSearch:
         self.targets: dict[str, float] = {}
         self.decider: SequentialDecider | None = None
         self.step = 0
+        self.finished = False  # finish() ran: the policy is the search's result (§8 ``final``)
+        self.settled: str | None = None  # why there was nothing to search (settle())
+        self._step_rng: torch.Tensor | None = None
 
     @property
     def model(self) -> torch.nn.Module:
@@ -256,6 +268,7 @@ class SSPSSearch:
         """Set the temperature and warm-up sampling for optimizer step ``step`` (0-based)."""
         self.step = int(step)
         sampler = self.space.sampler
+        self._step_rng = sampler.generator.get_state()  # to replay this step's paths (check_loss)
         sampler.uniform = self.in_warmup
         sampler.tau = self.temperature(max(self.step - self.config.warmup_steps, 0))
         sampler.take_scores()  # scores of an earlier backward (e.g. a bi-level weight step) do not count
@@ -277,6 +290,70 @@ class SSPSSearch:
             details = {f"ratio/{k}": float(v.detach()) / self.targets[k] for k, v in expected.items()}
             return torch.zeros((), device=task_loss.device), details
         return self.config.constraint_loss.extra(task_loss, expected, self.targets)
+
+    # -- divergence ----------------------------------------------------------------------------
+
+    def check_loss(self, loss: torch.Tensor, locate: Callable[[], object] | None = None, where: str = "",
+                   hint: str = "") -> None:
+        """Raise :class:`SearchDivergedError` if the training loss of this step is NaN or inf.
+
+        Call after the forward and before the backward, so that a diverged step changes no
+        weight. Costs one device-to-host copy of the loss per step.
+
+        Args:
+            loss: the step's loss (any shape; every element is checked).
+            locate: re-runs this step's forward (e.g. ``lambda: model(batch)``); called only on
+                failure, without gradients and with this step's sampled paths, to name the first
+                layer whose output was not finite (:func:`first_nonfinite_output`).
+            where: the driver's position, e.g. ``'iteration 3, epoch 1'``, for the message.
+            hint: what the user can do, appended to the message.
+
+        Raises:
+            SearchDivergedError: the message names the step, the value and the first
+                non-finite layer output where one was found.
+        """
+        value = loss.detach()
+        if bool(torch.isfinite(value).all()):
+            return
+        kind = "nan" if bool(torch.isnan(value).any()) else "inf"
+        layer = None
+        if locate is not None:
+            layer = self.locate_nonfinite(locate) or ("every layer output was finite on a re-run of this step: "
+                                                      "the loss computation is not")
+        raise self.diverged(f"the training loss is {kind}", layer, where, hint)
+
+    def diverged(self, what: str, layer: str | None = None, where: str = "", hint: str = "") -> SearchDivergedError:
+        """The :class:`SearchDivergedError` for this step (``self.step`` + 1, counted from 1).
+
+        Args:
+            what: what is not finite. layer: a phrase naming where it starts (from
+                :func:`first_nonfinite_output`). where, hint: see :meth:`check_loss`.
+        """
+        at = f"step {self.step + 1} of {self.config.total_steps}" + (f" ({where})" if where else "")
+        found = f"; {layer}" if layer else ""
+        done = f"{self.space.num_decided}/{self.space.num_decisions} decisions made"
+        hint = hint or ("Lower the learning rate, check the cost LUT and the mixed-precision (fp16) settings, "
+                        "and start the search again.")
+        return SearchDivergedError(f"SSPS search diverged at {at}: {what}{found}. The search stopped there ({done}); "
+                                   f"no final policy is written. {hint}")
+
+    def locate_nonfinite(self, run: Callable[[], object]) -> str | None:
+        """:func:`first_nonfinite_output` of ``run`` on this step's sampled paths; state is kept.
+
+        The path sampler's generator is rewound to where :meth:`begin_step` found it, so the
+        re-run takes the same paths; the generator, the global RNG and every buffer (BatchNorm
+        statistics) are restored afterwards.
+        """
+        generator = self.space.sampler.generator
+        after = generator.get_state()
+        if self._step_rng is not None:
+            generator.set_state(self._step_rng)
+        try:
+            devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+            with torch.random.fork_rng(devices=devices):
+                return first_nonfinite_output(self.model, run)
+        finally:
+            generator.set_state(after)
 
     def logits_grads(self) -> list[torch.Tensor | None]:
         return [p.grad for p in self.space.sampler.parameters()]
@@ -310,6 +387,11 @@ class SSPSSearch:
         probs = {s: p.requires_grad_() for s, p in probs.items()}
         objective = self.logits_objective(probs, masks)
         grads = torch.autograd.grad(objective, [probs[s] for s in SLOTS])
+        value = float(objective.detach())
+        if not (math.isfinite(value) and all(bool(torch.isfinite(g).all()) for g in grads)):
+            source = self._nonfinite_cost_or_score()
+            raise self.diverged(f"the logits objective J is {value} (or its gradient is not finite)",
+                                f"it comes from {source}" if source else None)
         for slot, g in zip(SLOTS, grads):
             p = probs[slot].detach()
             natural = (g - (p * g).sum(-1, keepdim=True)).masked_fill(~masks[slot], 0.0)
@@ -333,6 +415,17 @@ class SSPSSearch:
         self.mu = lagrange_multipliers(d, masks, list(tables), list(limits), [self.targets[n] for n in names])
         return j + sum(m * expected[n] / self.targets[n] for m, n in zip(self.mu, names))
 
+    def _nonfinite_cost_or_score(self) -> str | None:
+        """The first searched layer whose running score or cost table holds NaN or inf."""
+        for l, name in enumerate(self.space.searched):
+            for slot in SLOTS:
+                if not bool(torch.isfinite(self.scores.value(slot)[l]).all()):
+                    return f"{name} (its running {slot} score D)"
+            for cost_name, cost in self.costs.items():
+                if not bool(torch.isfinite(cost.table[l]).all()):
+                    return f"{name} (its {cost_name} cost table)"
+        return None
+
     def constraints(self) -> list[tuple[torch.Tensor, float]]:
         """Per budget, ``(table (L, n_w, n_a), limit)``: what the searched layers may cost (§4)."""
         return [(c.table, self.targets[n] - c.pinned_cost) for n, c in self.costs.items()]
@@ -348,12 +441,97 @@ class SSPSSearch:
         return self.decider is not None and self.decider.done
 
     def finish(self, step: int | None = None) -> Policy:
-        """Fix every open decision (guarded, repaired if needed) and return the policy."""
+        """Fix every open decision (guarded, repaired if needed), fill, and return the final policy.
+
+        The policy has ``meta['final']`` True when it is within every budget (§8).
+        """
         self._require_prepared()
         self.decider.finalize(self.step if step is None else step)
         if self.config.fill and self.fill_info is None:
             self.fill_info = self.budget_fill()
+        self.finished = True
         return self.policy()
+
+    def within_budget(self) -> bool:
+        """Whether the current bits (argmax for open decisions) meet every budget (relative slack 1e-9)."""
+        self._require_prepared()
+        bits = self.space.bits()
+        return all(self.costs[n].of_bits(bits) <= t * (1 + 1e-9) for n, t in self.targets.items())
+
+    def open_decisions(self) -> list[str]:
+        """Labels of the decisions still open (``<layer>.w_bits`` / ``<layer>.a_bits``)."""
+        space = self.space
+        return [space.label(l, s) for l, s in space.decisions if space.fixed_index(l, s) < 0]
+
+    # -- nothing to search -------------------------------------------------------------------
+
+    def single_policy(self) -> str | None:
+        """Why there is nothing to search, or None (call after :meth:`prepare`).
+
+        Nothing to search: every decision has one candidate, or the budgets leave one feasible
+        policy (each open decision has exactly one candidate that keeps every budget reachable
+        with the cheapest completion of the others, and those candidates together fit). None
+        once the search has started (a step taken, a decision recorded, or :meth:`finish` run).
+        """
+        self._require_prepared()
+        space = self.space
+        if self.step > 0 or self.decider.decided or self.finished:
+            return None  # the search has started (or was restored from a checkpoint of one)
+        if space.num_decided == space.num_decisions:
+            return (f"every decision has one candidate (weights {list(space.candidates['w'])}, activations "
+                    f"{list(space.candidates['a'])})")
+        only = self._only_feasible()
+        if only is None:
+            return None
+        specs = ", ".join(b.spec for b in self.config.budgets)
+        return (f"the budget {specs} leaves one feasible policy: every other candidate of each open decision "
+                "would break it")
+
+    def _only_feasible(self) -> dict[tuple[int, str], int] | None:
+        """``{(layer, slot): index}`` if every open decision has one feasible candidate and they fit."""
+        space, decider = self.space, self.decider
+        masks = {s: space.masks(s) for s in SLOTS}
+        only = {}
+        for layer, slot in space.decisions:
+            if space.fixed_index(layer, slot) >= 0:
+                continue
+            feasible = []
+            for k in torch.nonzero(masks[slot][layer]).flatten().tolist():
+                trial = {s: m.clone() for s, m in masks.items()}
+                trial[slot][layer] = False
+                trial[slot][layer, k] = True
+                if decider._feasible(trial["w"], trial["a"]):
+                    feasible.append(k)
+                    if len(feasible) > 1:
+                        return None
+            if len(feasible) != 1:
+                return None
+            only[(layer, slot)] = feasible[0]
+        trial = {s: m.clone() for s, m in masks.items()}
+        for (layer, slot), k in only.items():
+            trial[slot][layer] = False
+            trial[slot][layer, k] = True
+        return only if decider._feasible(trial["w"], trial["a"]) else None
+
+    def settle(self, step: int = 0) -> Policy:
+        """Fix the one policy :meth:`single_policy` found, record it (``by: "only"``) and finish.
+
+        Raises:
+            ValueError: :meth:`single_policy` is None (there is something to search).
+        """
+        reason = self.single_policy()
+        if reason is None:
+            raise ValueError("settle() needs a space with one feasible policy; single_policy() is None")
+        space = self.space
+        for (layer, slot), k in (self._only_feasible() or {}).items():
+            space.fix(layer, slot, k)
+        for layer, slot in space.decisions:
+            label = space.label(layer, slot)
+            self.decider.decided.setdefault(label, {
+                "step": int(step), "certainty": 1.0, "bits": space.candidates[slot][space.fixed_index(layer, slot)],
+                "guarded": False, "by": "only"})
+        self.settled = reason
+        return self.finish(step)
 
     def budget_fill(self, gains: dict | None = None) -> dict:
         """Raise bits where the scores gain most per unit of cost until no candidate fits (§5).
@@ -405,8 +583,14 @@ class SSPSSearch:
 
     # -- result ------------------------------------------------------------------------------
 
-    def policy(self) -> Policy:
-        """The current policy (decided bits, argmax for open ones) with totals (§8)."""
+    def policy(self, final: bool | None = None) -> Policy:
+        """The current policy (decided bits, argmax for open ones) with totals (§8).
+
+        Args:
+            final: mark the policy as the search's result; default: :meth:`finish` has run. A
+                policy with open decisions or over a budget is never final. ``meta['open']``
+                lists the open decisions.
+        """
         self._require_prepared()
         space, decided = self.space, self.decider.decided
         bits = space.bits()
@@ -434,7 +618,10 @@ class SSPSSearch:
                 "unit": cost.model.unit,
                 "references": cost.references(),
             }
+        final = (self.finished if final is None else bool(final)) and space.num_decided == space.num_decisions
         meta = {
+            "final": bool(final and self.within_budget()),
+            "open": self.open_decisions(),
             "method": "ssps",
             "cost_model": self.config.budgets[0].cost,
             "budgets": [{"cost": b.cost, "spec": b.spec, "target": self.targets[b.cost]} for b in self.config.budgets],
@@ -446,6 +633,8 @@ class SSPSSearch:
             "num_decisions": space.num_decisions,
             "step": self.step,
         }
+        if self.settled:
+            meta["settled"] = self.settled
         return Policy(layers=layers, candidates={s: list(space.candidates[s]) for s in SLOTS}, meta=meta)
 
     # -- resume ------------------------------------------------------------------------------
@@ -460,6 +649,8 @@ class SSPSSearch:
             "scores": self.scores.state_dict(),
             "fill": self.fill_info,
             "step": self.step,
+            "finished": self.finished,
+            "settled": self.settled,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -472,3 +663,60 @@ class SSPSSearch:
             self.scores.load_state_dict(state["scores"])
         self.fill_info = state.get("fill")
         self.step = int(state["step"])
+        self.finished = bool(state.get("finished", False))
+        self.settled = state.get("settled")
+
+
+def _nonfinite(value) -> bool:
+    """True if a floating tensor in ``value`` (tensors, tuples, lists, dicts) holds NaN or inf."""
+    if isinstance(value, torch.Tensor):
+        return value.is_floating_point() and not bool(torch.isfinite(value).all())
+    if isinstance(value, (tuple, list)):
+        return any(_nonfinite(v) for v in value)
+    if isinstance(value, dict):
+        return any(_nonfinite(v) for v in value.values())
+    return False
+
+
+def first_nonfinite_output(model: nn.Module, run: Callable[[], object]) -> str | None:
+    """Re-run a forward and name the first module whose output holds NaN or inf.
+
+    Forward hooks on every module of ``model`` record, in execution order, the first output
+    that is not finite; ``run`` is called once without gradients and its exceptions are caught
+    (what was found before one is kept). Every buffer (BatchNorm statistics) is restored.
+
+    Returns:
+        A phrase: ``'the first layer whose output was not finite is backbone.layer1.0.conv1
+        (QuantConv2d)'``, plus ``' (its input was already not finite)'`` when that module got a
+        non-finite input (the batch itself, or an operation outside any module, made it);
+        ``'every layer output was finite: the loss computation is not'`` when only the model's
+        own output is (a loss computed inside the model); None when nothing was found.
+    """
+    found: list[str] = []
+
+    def hook(name):
+        def record(module, args, output):
+            if found or not _nonfinite(output):
+                return
+            if not name:
+                found.append("every layer output was finite: the loss computation is not")
+                return
+            note = " (its input was already not finite)" if _nonfinite(args) else ""
+            found.append(f"the first layer whose output was not finite is {name} ({type(module).__name__}){note}")
+        return record
+
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()]
+    try:
+        with torch.no_grad():
+            run()
+    except Exception:  # noqa: BLE001 - a forward on non-finite values may fail anywhere; keep what was found
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                if n in buffers:
+                    b.copy_(buffers[n])
+    return found[0] if found else None

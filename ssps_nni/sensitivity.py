@@ -109,6 +109,7 @@ def sensitivity_policy(search: SSPSSearch, scores: dict[str, torch.Tensor], time
     w_idx, a_idx = solve_mckp(objective, search.constraints(), time_limit=time_limit)
     _apply(search, w_idx, a_idx)
     search.fill_info = search.budget_fill({"w": s_w, "a": s_a})
+    search.finished = True  # the method's result (final when within budget, docs/algorithm.md §8)
     policy = search.policy()
     policy.meta["method"] = "sensitivity"
     policy.meta["solve_s"] = round(time.perf_counter() - start, 3)
@@ -133,6 +134,7 @@ def random_policy(search: SSPSSearch, seed: int = 0, low: float = 0.97) -> Polic
     w_idx, a_idx = draw(search.constraints(), len(space.candidates["w"]), len(space.candidates["a"]),
                         generator, low=low)
     _apply(search, w_idx, a_idx)
+    search.finished = True
     policy = search.policy()
     policy.meta["method"] = "random"
     policy.meta["seed"] = int(seed)

@@ -10,14 +10,24 @@ SSPS math is the core's; this file maps runner events onto it:
                               optimizer; constraint-loss forward hook; re-wrap DDP
 ``after_load_checkpoint``     restore logits and masks (``checkpoint['ssps']``)
 ``before_train``              profile + calibrate on a few training batches (skipped for
-                              layers restored from a checkpoint); budget check; search state
+                              layers restored from a checkpoint); budget check; search state;
+                              nothing to search (one candidate per decision, or one feasible
+                              policy): fix it and stop before the first iteration
 ``before_train_iter``         temperature / warm-up; read the AMP loss scale
-forward (``mode='loss'``)     ``loss_ssps`` added to the loss dict, fp32, autocast off
+forward (``mode='loss'``)     NaN/inf loss: ``SearchDivergedError`` before the backward (the
+                              weights and checkpoints stay as they were); ``loss_ssps`` added
+                              to the loss dict, fp32, autocast off
 ``after_train_iter``          on optimizer steps: reduce + unscale logit grads, Adam, decide;
-                              log; write the policy at each decision; stop when all decided
+                              log; write ``policy.partial.json`` (``"final": false``) at each
+                              decision; stop when all decided
 ``after_train``               fix what is left, write ``policy.json`` / ``policy.png``
+                              (``"final": true``), remove the partial snapshot
 ``before_save_checkpoint``    ``checkpoint['ssps'] = SSPSSearch.state_dict()``
 ============================  ===============================================================
+
+A search that diverges (NaN or inf loss) raises :class:`ssps_nni.errors.SearchDivergedError`
+out of ``runner.train()`` on the step it happens: mmengine then saves no checkpoint, so the
+work dir's last checkpoint is the last good state, and no ``policy.json`` is written.
 
 Config::
 
@@ -30,6 +40,7 @@ import time
 from pathlib import Path
 
 import torch
+from mmengine import dist
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
@@ -37,7 +48,8 @@ from mmengine.optim import OptimWrapper, OptimWrapperDict
 from mmengine.registry import HOOKS
 
 from ..convert import DEFAULT_CANDIDATES, check_candidates
-from ..policy import plot_policy
+from ..errors import SSPSError
+from ..policy import PARTIAL_POLICY_JSON, PARTIAL_POLICY_PNG, POLICY_JSON, POLICY_PNG, plot_policy
 from ..search import SearchConfig, SSPSSearch
 from .calibration import calibration_loader, forward_fn, preserved_rng
 from .optim import add_param_group, find_optim_wrapper, loss_scale, reduce_logit_grads
@@ -45,8 +57,8 @@ from .report import cost_lines
 
 __all__ = ['SSPSHook']
 
-POLICY_JSON = 'policy.json'
-POLICY_PNG = 'policy.png'
+#: Where an earlier search's ``policy.json`` goes when a new search starts in its work dir.
+EARLIER_POLICY_JSON, EARLIER_POLICY_PNG = 'policy.earlier.json', 'policy.earlier.png'
 
 
 def _steps(value, total: int, least: int = 0) -> int:
@@ -86,16 +98,19 @@ class SSPSHook(Hook):
         calib_batch_size: their batch size; defaults to the train loader's.
         stop_when_done: end training (``train_loop.stop_training``) once every decision is
             made; an epoch-based loop stops at the end of that epoch.
-        plot_interval_s: ``policy.json`` is written at every decision point that fixes
-            something, ``policy.png`` at most once per this many seconds (drawing costs about
-            a second on a CPU); both always at the end.
+        plot_interval_s: the snapshot ``policy.partial.json`` (``"final": false``, the open
+            decisions listed) is written at every decision point that fixes something,
+            ``policy.partial.png`` at most once per this many seconds (drawing costs about a
+            second on a CPU); ``policy.json`` / ``policy.png`` (``"final": true``) only at the
+            end, when the search is done and within budget.
         **options: any other :class:`ssps_nni.search.SearchConfig` field (``penalty``,
             ``lam``, ``tau_max``, ``threshold``, ``pinned``, ``exclude``, ``seed``...).
 
     Raises (at construction, so before training):
         CandidateError, BudgetError, UnknownCostError, ValueError: bad options; the message
         names the accepted forms. An unreachable budget raises ``BudgetError`` in
-        ``before_train``, before the first training step.
+        ``before_train``, before the first training step. A NaN or inf training loss raises
+        ``SearchDivergedError`` during training, on the step it happens.
     """
 
     priority = 'VERY_HIGH'
@@ -122,6 +137,8 @@ class SSPSHook(Hook):
         self._pending: dict | None = None
         self._scale = 1.0
         self._handle = None
+        self._runner = None
+        self._locating = False
 
     def search_config(self, total_steps: int) -> SearchConfig:
         """The :class:`SearchConfig` for a search of ``total_steps`` optimizer steps."""
@@ -150,6 +167,7 @@ class SSPSHook(Hook):
         wrapped = is_model_wrapper(runner.model)
         inner = runner.model.module if wrapped else runner.model
         self._inner = inner
+        self._runner = runner
         self.search = SSPSSearch(inner, self.search_config(self._search_length(runner)))
         cells = self.search.space.cells.values()
         step_sizes = [p for cell in cells for p in (cell.w_scale, cell.a_scale)]
@@ -195,6 +213,32 @@ class SSPSHook(Hook):
                 f'SSPS budget {name}: target {fmt(target)}; FP32 {fmt(refs["fp32"])}, W8A8 {fmt(refs["w8a8"])}, '
                 f'min {fmt(refs["min"])}, max {fmt(refs["max"])}; expected now {fmt(stats[f"expected/{name}"])}'
                 + (' (calibrated)' if calibrate else ' (step sizes from checkpoint)'))
+        reason = search.single_policy()
+        if reason is not None:
+            search.settle(search.step)
+            runner.logger.info(f'SSPS: nothing to search, {reason}; the policy is written now and no training '
+                               'step runs')
+            runner.train_loop.stop_training = True
+        elif not search.done:
+            self._move_earlier_policy(runner)
+
+    def _move_earlier_policy(self, runner) -> None:
+        """A ``policy.json`` already in the work dir is an earlier search's: move it aside.
+
+        Otherwise a search interrupted in a reused work dir would leave a final-looking policy
+        that is not its own.
+        """
+        if not is_main_process():
+            return
+        work_dir = Path(runner.work_dir)
+        moved = []
+        for name, earlier in ((POLICY_JSON, EARLIER_POLICY_JSON), (POLICY_PNG, EARLIER_POLICY_PNG)):
+            if (work_dir / name).is_file():
+                (work_dir / name).replace(work_dir / earlier)
+                moved.append(f'{name} -> {earlier}')
+        if moved:
+            runner.logger.info(f'SSPS: this work dir held an earlier search\'s result; moved {", ".join(moved)} '
+                               f'(this search writes {POLICY_JSON} when it ends)')
 
     # -- per step ----------------------------------------------------------------------------
 
@@ -202,13 +246,55 @@ class SSPSHook(Hook):
         """Forward hook on the inner model: ``output['loss_ssps']`` in ``mode='loss'``."""
         if kwargs.get('mode') != 'loss' or not isinstance(output, dict) or not module.training:
             return None
-        if self.search is None or self.search.decider is None:
+        if self.search is None or self.search.decider is None or self._locating:
             return None
         task = _task_loss(output)
         with torch.autocast(device_type=task.device.type, enabled=False):
             term, _ = self.search.loss_term(task.float())
+        self._check_loss(task.detach().float() + term.detach(), module, args, kwargs)
         output['loss_ssps'] = term
         return output
+
+    def _check_loss(self, loss: torch.Tensor, module, args, kwargs) -> None:
+        """Raise ``SearchDivergedError`` before the backward when this step's loss is NaN or inf.
+
+        Under data parallelism every rank stops together (a MAX all-reduce of the flag).
+        """
+        bad = torch.logical_not(torch.isfinite(loss)).any().to(torch.int32).reshape(1)
+        if dist.get_world_size() > 1:
+            dist.all_reduce(bad, op='max')
+        if not int(bad.item()):
+            return
+        local = not bool(torch.isfinite(loss).all())
+
+        def locate():
+            self._locating = True
+            try:
+                module(*args, **kwargs)
+            finally:
+                self._locating = False
+
+        runner = self._runner
+        where = f'iteration {runner.iter + 1}, epoch {runner.epoch + 1}' if runner is not None else ''
+        if not local:
+            where += ', on another rank'
+        if local:
+            self.search.check_loss(loss, locate=locate, where=where, hint=self._divergence_hint())
+        raise self.search.diverged('the training loss is not finite', None, where, self._divergence_hint())
+
+    def _divergence_hint(self) -> str:
+        """What to do after a divergence: the learning rate now, and the last good checkpoint."""
+        runner = self._runner
+        lr = ''
+        if self.optim_wrapper is not None:
+            lr = f' (optim_wrapper.optimizer.lr is {self.optim_wrapper.param_groups[0]["lr"]:g} at this step)'
+        checkpoint = 'no checkpoint was saved before this step'
+        if runner is not None:
+            last = Path(runner.work_dir) / 'last_checkpoint'
+            if last.is_file() and last.read_text().strip():
+                checkpoint = f'the last checkpoint, saved before this step, is {last.read_text().strip()}'
+        return (f'Lower the learning rate{lr}, or check the cost LUT and the mixed-precision (fp16) settings, '
+                f'then start the search again; {checkpoint}.')
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         self._scale = loss_scale(self.optim_wrapper)
@@ -216,6 +302,12 @@ class SSPSHook(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         """On optimizer steps: update the logits, run the decider, log, stop when done."""
+        loss = outputs.get('loss') if isinstance(outputs, dict) else None
+        if loss is not None and not bool(torch.isfinite(torch.as_tensor(loss)).all()):
+            # the forward check covers the model's own loss entries; this catches the rest
+            self.search.check_loss(torch.as_tensor(loss), where=f'iteration {runner.iter + 1}, epoch '
+                                   f'{runner.epoch + 1}; this step already updated the weights',
+                                   hint=self._divergence_hint())
         if self.optim_wrapper is not None and not self.optim_wrapper.should_update():
             return
         search = self.search
@@ -248,8 +340,16 @@ class SSPSHook(Hook):
     # -- result ------------------------------------------------------------------------------
 
     def after_train(self, runner) -> None:
-        """Fix every open decision and write the final policy."""
+        """Fix every open decision and write the final policy.
+
+        Raises:
+            SSPSError: the finished policy is over a budget (not written as ``policy.json``).
+        """
         policy = self.search.finish()
+        if not policy.final:
+            self._write_policy(runner, final=False)
+            raise SSPSError(f'SSPS: the finished policy is over its budget ({policy.status()}); it is not written '
+                            f'as {POLICY_JSON} (snapshot: {Path(runner.work_dir) / PARTIAL_POLICY_JSON})')
         self._write_policy(runner, final=True)
         runner.logger.info('SSPS policy:\n' + policy.table())
         for line in cost_lines(policy):
@@ -257,16 +357,24 @@ class SSPSHook(Hook):
         runner.logger.info(f'SSPS: wrote {Path(runner.work_dir) / POLICY_JSON}')
 
     def _write_policy(self, runner, final: bool) -> None:
-        """``policy.json`` and ``policy.png`` in ``work_dir`` (atomic writes, rank 0 only)."""
+        """The policy and its figure in ``work_dir`` (atomic writes, rank 0 only).
+
+        ``final``: ``policy.json`` / ``policy.png``, and the partial snapshot is removed; else
+        the snapshot ``policy.partial.json`` / ``policy.partial.png`` (``"final": false``).
+        """
         if not is_main_process():
             return
         policy = self.search.policy()
         work_dir = Path(runner.work_dir)
-        policy.save(work_dir / POLICY_JSON)
+        json_name, png_name = (POLICY_JSON, POLICY_PNG) if final else (PARTIAL_POLICY_JSON, PARTIAL_POLICY_PNG)
+        policy.save(work_dir / json_name)
         now = time.monotonic()
         if final or self._last_plot is None or now - self._last_plot >= self.plot_interval_s:
-            plot_policy(policy, self.search.decider.history, work_dir / POLICY_PNG)
+            plot_policy(policy, self.search.decider.history, work_dir / png_name)
             self._last_plot = now
+        if final:
+            for name in (PARTIAL_POLICY_JSON, PARTIAL_POLICY_PNG):
+                (work_dir / name).unlink(missing_ok=True)
 
     # -- checkpoint --------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from ..cell import CELL_TYPES, QuantCellMixin
 from ..convert import DEFAULT_PINNED_BITS, fixed_model, parse_bits_pair, select_layers
 from ..cost import BitOpsCost, SizeCost, profile_layers
 from ..errors import CandidateError, PolicyError
-from ..policy import Policy, load_policy
+from ..policy import Policy, load_policy, require_final
 from ..quant import FLOAT_BITS
 from .calibration import calibration_loader, forward_fn, preserved_rng
 from .optim import add_param_group, find_optim_wrapper
@@ -65,6 +65,9 @@ class QuantPolicyHook(Hook):
     Args:
         policy: a ``policy.json`` path, a policy dict or a :class:`~ssps_nni.policy.Policy`;
             it must list every ``Conv2d``/``Linear`` of the model (checked in ``before_run``).
+            Layer names may be another route's (``layer1.0.conv1`` for
+            ``backbone.layer1.0.conv1``): they are matched by dotted suffix and the mapping is
+            logged (:meth:`ssps_nni.policy.Policy.match_model`).
         uniform: ``'WxAy'``: every layer the search would search at ``x``/``y`` bits, the
             pinned layers at their pinned bits, excluded layers float. Give ``policy`` or
             ``uniform``, not both.
@@ -72,17 +75,20 @@ class QuantPolicyHook(Hook):
             :class:`~ssps_nni.mmengine.SSPSHook` (:func:`ssps_nni.convert.select_layers`).
         calib_batches, calib_batch_size: training batches that initialise the step sizes.
         seed: seed of the calibration samples.
+        allow_partial: accept a search's interim snapshot (``"final": false``), with a warning
+            naming its cost against the budget; by default it is refused.
 
     Raises (at construction): PolicyError (unreadable, not JSON or malformed policy),
-    CandidateError (malformed ``uniform``), ValueError. In ``before_run``: PolicyError naming
-    the first layer missing from, or extra to, the model.
+    PolicyNotFinalError (a non-final policy without ``allow_partial``), CandidateError
+    (malformed ``uniform``), ValueError. In ``before_run``: PolicyError naming the first layer
+    missing from, or extra to, the model, or matching several of its layers.
     """
 
     priority = 'VERY_HIGH'  # before EMAHook copies the model, like SSPSHook
 
     def __init__(self, policy=None, uniform=None, include=None, exclude=None, pinned='default',
                  pinned_bits=DEFAULT_PINNED_BITS, calib_batches: int = 4, calib_batch_size: int | None = None,
-                 seed: int = 0):
+                 seed: int = 0, allow_partial: bool = False):
         if (policy is None) == (uniform is None):
             raise ValueError("QuantPolicyHook needs exactly one of policy='policy.json' or uniform='W4A4'")
         if isinstance(policy, Policy):
@@ -93,6 +99,12 @@ class QuantPolicyHook(Hook):
             self.policy = load_policy(policy)
         else:
             self.policy = None
+        self.partial_warning = None
+        if self.policy is not None:
+            source = str(policy) if isinstance(policy, (str, bytes)) or hasattr(policy, '__fspath__') else 'policy'
+            self.partial_warning = require_final(self.policy, source, allow=bool(allow_partial),
+                                                 allow_option='QuantPolicyHook(allow_partial=True)')
+        self.renamed: str | None = None  # how policy layer names were matched, if not exactly
         self.uniform = None if uniform is None else parse_uniform(uniform)
         self.select = dict(include=include, exclude=exclude, pinned=pinned, pinned_bits=pinned_bits)
         self.calib_batches = int(calib_batches)
@@ -111,8 +123,9 @@ class QuantPolicyHook(Hook):
             PolicyError: a layer missing from, or extra to, the policy; weight bits below 2.
         """
         if self.policy is not None:
-            self.policy.check_model(model)
-            policy = self.policy
+            lines = []
+            policy = self.policy.for_model(model, log=lines.append)
+            self.renamed = lines[0] if lines else None
         else:
             searched, pins = select_layers(model, **self.select)
             layers = {}
@@ -140,6 +153,10 @@ class QuantPolicyHook(Hook):
         inner = runner.model.module if wrapped else runner.model
         self._inner = inner
         self.policy = self.resolve(inner)
+        if self.renamed:
+            runner.logger.info(f'QAT: {self.renamed}')
+        if self.partial_warning:
+            runner.logger.warning(f'QAT: {self.partial_warning}')
         self.cells = fixed_model(inner, self.policy.bits())
         self._converted = True
         step_sizes = []

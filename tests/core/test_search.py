@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 import torch
@@ -189,3 +190,100 @@ def test_config_round_trip():
     again = SearchConfig.from_dict(config.to_dict())
     assert again.to_dict() == config.to_dict()
     assert [b.cost for b in again.budgets] == ["bitops"]
+
+
+# -- divergence, interim and final policies, nothing to search (docs/algorithm.md §6, §8) ----------
+
+def test_nan_loss_stops_the_step_and_names_the_first_nonfinite_layer():
+    from ssps_nni.errors import SearchDivergedError
+
+    model, search, optimizer = new_search()
+    train(model, search, optimizer, 0, 3)
+    decided = dict(search.decider.decided)
+    with torch.no_grad():
+        model.dw.weight[0, 0, 0, 0] = float("nan")  # as a huge learning rate leaves it
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    search.begin_step(3)
+    x, y = batch(3)
+    loss = F.cross_entropy(model(x), y)
+    after_forward = search.space.sampler.generator.get_state()
+    with pytest.raises(SearchDivergedError, match=r"diverged at step 4 of 8 \(batch 3\): the training loss is nan; "
+                       r"the first layer whose output was not finite is dw \(QuantConv2d\)") as err:
+        search.check_loss(loss, locate=lambda: model(x), where="batch 3")
+    assert "no final policy is written" in str(err.value) and err.value.exit_status == 3
+    # nothing changed: weights and BatchNorm-like buffers, the sampler's generator, the decisions
+    state = model.state_dict()
+    assert state.keys() == before.keys()
+    assert all(torch.equal(torch.nan_to_num(state[k]), torch.nan_to_num(v)) for k, v in before.items())
+    assert torch.equal(search.space.sampler.generator.get_state(), after_forward)
+    assert search.decider.decided == decided and not search.policy().meta["final"]
+
+
+def test_finite_loss_passes_and_a_loss_nan_outside_the_layers_is_said_so():
+    from ssps_nni.errors import SearchDivergedError
+
+    model, search, _ = new_search()
+    search.begin_step(0)
+    x, y = batch(0)
+    search.check_loss(F.cross_entropy(model(x), y), locate=lambda: pytest.fail("located a finite loss"))
+    with pytest.raises(SearchDivergedError, match="the training loss is inf; every layer output was finite on a "
+                                                  "re-run of this step: the loss computation is not"):
+        search.check_loss(F.cross_entropy(model(x), y) / 0.0, locate=lambda: model(x))
+
+
+def test_nonfinite_logits_objective_names_its_source():
+    from ssps_nni.errors import SearchDivergedError
+
+    model, search, optimizer = new_search()
+    train(model, search, optimizer, 0, 3)
+    search.costs["bitops"].table[0, 1, 1] = float("nan")  # e.g. a broken LUT entry of layer dw
+    search.begin_step(3)
+    x, y = batch(3)
+    F.cross_entropy(model(x), y).backward()
+    with pytest.raises(SearchDivergedError, match=r"the logits objective J is nan.*it comes from dw \(its bitops cost "
+                                                  r"table\)"):
+        search.step_logits()
+
+
+def test_policy_is_final_only_when_finished_and_lists_open_decisions():
+    model, search, optimizer = new_search()
+    train(model, search, optimizer, 0, 3)
+    snapshot = search.policy()
+    assert snapshot.meta["final"] is False and not snapshot.final
+    assert set(snapshot.meta["open"]) == {f"{n}.{s}_bits" for n in ("dw", "conv2") for s in "wa"} - set(
+        search.decider.decided)
+    assert snapshot.meta["open"]
+    train(model, search, optimizer, 3, 8)
+    assert search.done and search.policy().meta["final"] is False  # decided, not yet filled
+    policy = search.finish()
+    assert policy.final and policy.meta["final"] is True and policy.meta["open"] == []
+    state = search.state_dict()
+    assert state["finished"] is True
+    _, restored, _ = new_search(calibrate=False)
+    restored.load_state_dict(state)
+    assert restored.finished and restored.policy().final
+
+
+@pytest.mark.parametrize("options, reason, bits", [
+    (dict(candidates=(4,)), r"every decision has one candidate \(weights \[4\], activations \[4\]\)", (4, 4)),
+    (dict(budget="bitops=W2A2"), r"the budget bitops=W2A2 leaves one feasible policy", (2, 2)),
+])
+def test_nothing_to_search_is_settled_without_training(options, reason, bits):
+    _, search, _ = new_search(options)
+    why = search.single_policy()
+    assert why is not None and re.search(reason, why)
+    policy = search.settle()
+    assert policy.final and policy.meta["settled"] == why
+    assert {n: b for n, b in policy.bits().items() if n in ("dw", "conv2")} == {"dw": bits, "conv2": bits}
+    assert policy.meta["num_decided"] == policy.meta["num_decisions"] == 4
+    assert {d["by"] for d in policy.meta["decisions"].values()} == {"only"}
+    assert search.single_policy() is None  # finished
+
+
+def test_a_search_with_choices_is_not_settled():
+    model, search, optimizer = new_search()
+    assert search.single_policy() is None
+    with pytest.raises(ValueError, match="single_policy"):
+        search.settle()
+    train(model, search, optimizer, 0, 1)
+    assert search.single_policy() is None

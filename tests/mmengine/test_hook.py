@@ -167,3 +167,94 @@ def test_load_from_full_precision_checkpoint(tmp_path):
     new = {k.rsplit('.', 1)[-1] for k in seen if k not in fp_state}
     assert new <= {'w_scale', 'a_scale', 'w_mask', 'a_mask', 'a_signed', 'initialized'}
     assert load_policy(tmp_path / 'work' / 'policy.json').meta['num_decided'] == 36
+
+
+# -- divergence, interim vs final files, nothing to search (docs/algorithm.md §6-§8) ---------------
+
+class Poison(Hook):
+    """Puts a NaN into ``conv2``'s weight before iteration ``at`` (0-based), as a blown-up step would."""
+
+    priority = 'LOWEST'
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.iter == self.at:
+            with torch.no_grad():
+                runner.model.conv2.weight[0, 0, 0, 0] = float('nan')
+
+
+class Files(Hook):
+    """After every iteration: which policy files the work dir holds, and the snapshot's flag."""
+
+    priority = 'LOWEST'
+
+    def __init__(self):
+        self.seen = []
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        import json
+        from pathlib import Path
+
+        work = Path(runner.work_dir)
+        partial = work / 'policy.partial.json'
+        data = json.loads(partial.read_text()) if partial.is_file() else None
+        self.seen.append(((work / 'policy.json').exists(), data and (data['final'], len(data['open']))))
+
+
+def test_nan_loss_stops_on_its_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    from ssps_nni.errors import SearchDivergedError
+
+    runner = toy_runner(tmp_path, max_iters=8)
+    runner.register_hook(Poison(at=5))
+    with pytest.raises(SearchDivergedError) as err:
+        runner.train()
+    message = str(err.value)
+    assert 'diverged at step 6 of 8 (iteration 6, epoch 1): the training loss is nan' in message
+    assert 'the first layer whose output was not finite is conv2 (QuantConv2d)' in message
+    assert 'optim_wrapper.optimizer.lr is 0.1' in message and str(tmp_path / 'iter_4.pth') in message
+    assert not (tmp_path / 'policy.json').exists()
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_4.pth']  # none saved after the NaN step
+    assert (tmp_path / 'last_checkpoint').read_text().strip().endswith('iter_4.pth')
+    assert torch.load(tmp_path / 'iter_4.pth', map_location='cpu')['ssps']['step'] == 4
+
+
+def test_snapshots_are_partial_and_policy_json_appears_only_at_the_end(tmp_path):
+    from ssps_nni.policy import load_policy as load
+
+    (tmp_path / 'policy.json').write_text('{"an earlier search": true}')
+    runner = toy_runner(tmp_path, max_iters=8, stop_when_done=False, threshold=None)
+    files = Files()
+    runner.register_hook(files)
+    runner.train()
+    assert (tmp_path / 'policy.earlier.json').read_text() == '{"an earlier search": true}'
+    assert not any(exists for exists, _ in files.seen)  # no policy.json while searching
+    snapshots = [s for _, s in files.seen if s]
+    assert snapshots and all(final is False for final, _ in snapshots) and any(n > 0 for _, n in snapshots)
+    policy = load(tmp_path / 'policy.json')
+    assert policy.final and policy.meta['open'] == [] and (tmp_path / 'policy.png').is_file()
+    assert not (tmp_path / 'policy.partial.json').exists() and not (tmp_path / 'policy.partial.png').exists()
+
+
+@pytest.mark.parametrize('hook, reason', [
+    (dict(candidates=(4,)), 'every decision has one candidate'),
+    (dict(budget='bitops=W2A2'), 'the budget bitops=W2A2 leaves one feasible policy'),
+])
+def test_nothing_to_search_writes_the_policy_without_training(tmp_path, hook, reason):
+    runner = toy_runner(tmp_path, max_iters=8, **hook)
+    files = Files()
+    runner.register_hook(files)
+    runner.train()
+    assert files.seen == []  # not one iteration
+    policy = load_policy(tmp_path / 'policy.json')
+    assert policy.final and policy.meta['settled'].startswith(reason)
+    bits = {(4, 4)} if 'candidates' in hook else {(2, 2)}
+    assert {b for n, b in policy.bits().items() if n in ('conv2', 'conv3')} == bits
+    import logging
+    from pathlib import Path
+
+    log_files = [h.baseFilename for h in runner.logger.handlers if isinstance(h, logging.FileHandler)]
+    log = Path(log_files[0]).read_text()
+    assert f'SSPS: nothing to search, {reason}' in log and 'no training step runs' in log
+    assert not list(tmp_path.glob('*.pth'))
