@@ -36,6 +36,11 @@ class PolicyError(SSPSError):
     """A policy file is unreadable, malformed, or does not match the model."""
 
 
+class ExportError(SSPSError):
+    """A fixed model cannot be exported: an undecided or uncalibrated cell, a bit-width or opset
+    the target does not support, or a checkpoint that does not fit the model."""
+
+
 class PolicyNotFinalError(PolicyError):
     """A policy file is a search's interim snapshot (``"final": false``), not its result."""
 

@@ -1,18 +1,14 @@
-"""Deployment exports of a fixed mixed-precision model (docs/algorithm.md §8).
+"""ONNX export of a fixed mixed-precision model as a QDQ graph (docs/algorithm.md §8).
 
-Two targets:
-
-- **ONNX** (:func:`export_onnx`): the fixed model (every cell decided) as a QDQ graph. Each
-  quantized weight gets ``QuantizeLinear -> [Clip] -> DequantizeLinear`` per output channel
-  (``axis=0``, int8, zero point 0) and each quantized layer input gets the same chain per tensor
-  (uint8 when the cell's ``a_signed`` is 0, else int8, zero point 0). A bit-width ``b < 8`` keeps
-  the 8-bit storage type and clips to the integer range of ``b`` bits (docs/algorithm.md §2), e.g. 4-bit
-  weights: ``QuantizeLinear(int8) -> Clip(-7, 7) -> DequantizeLinear``; 8-bit weights clip to
-  ``(-127, 127)``; an 8-bit input needs no Clip. Bit-width 32 stays float (no nodes).
-  The model's ``metadata_props`` hold ``ssps.bits`` = JSON ``{layer: [w_bits, a_bits]}`` and
-  ``ssps.a_signed`` = JSON ``{layer: bool}``.
-- **NNI** (:func:`policy_to_nni_config_list`): a ``config_list`` for NNI 3.0's
-  ``nni.compression`` quantizers (``QATQuantizer``, ``LsqQuantizer``, ``PtqQuantizer``, ...).
+:func:`export_onnx` writes the fixed model (every cell decided) as a QDQ graph. Each
+quantized weight gets ``QuantizeLinear -> [Clip] -> DequantizeLinear`` per output channel
+(``axis=0``, int8, zero point 0) and each quantized layer input gets the same chain per tensor
+(uint8 when the cell's ``a_signed`` is 0, else int8, zero point 0). A bit-width ``b < 8`` keeps
+the 8-bit storage type and clips to the integer range of ``b`` bits (docs/algorithm.md §2), e.g. 4-bit
+weights: ``QuantizeLinear(int8) -> Clip(-7, 7) -> DequantizeLinear``; 8-bit weights clip to
+``(-127, 127)``; an 8-bit input needs no Clip. Bit-width 32 stays float (no nodes).
+The model's ``metadata_props`` hold ``ssps.bits`` = JSON ``{layer: [w_bits, a_bits]}`` and
+``ssps.a_signed`` = JSON ``{layer: bool}``; :func:`read_onnx_bits` reads the bits back.
 
 The ONNX graph is produced by an export mode of the cells (:func:`onnx_export_mode`): for the
 duration of ``torch.onnx.export`` each cell's forward calls :class:`QuantDequant`, an
@@ -20,6 +16,10 @@ duration of ``torch.onnx.export`` each cell's forward calls :class:`QuantDequant
 ``fake_quantize_per_*_affine`` symbolics refuse ranges other than (0, 255) / (-128, 127), so
 they cannot carry a 2..7-bit range. The legacy TorchScript exporter (``dynamo=False``) is used:
 the dynamo exporter needs ``onnxscript``, which the pinned environment does not install.
+
+Related: loading a checkpoint into the fixed model (:mod:`ssps_nni.checkpoint`), calibrating
+step sizes it lacks (:mod:`ssps_nni.calibrate`), and NNI's ``config_list`` for a policy
+(``ssps_nni.nni.config_list``, in the NNI driver).
 """
 from __future__ import annotations
 
@@ -36,13 +36,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cell import QuantCellMixin
+from .checkpoint import quant_cells
+from .errors import ExportError
 from .policy import atomic_write
-from .errors import SSPSError
 from .quant import FLOAT_BITS, activation_qrange, fake_quantize, weight_qrange
 
 __all__ = [
     "ExportError", "QuantDequant", "onnx_export_mode", "export_onnx", "read_onnx_bits",
-    "policy_to_nni_config_list", "load_fixed_state", "calibrate_cells", "DEFAULT_OPSET", "MIN_OPSET",
+    "DEFAULT_OPSET", "MIN_OPSET",
 ]
 
 #: Default ONNX opset. 13 is the first with per-axis QuantizeLinear and int8 Clip.
@@ -55,10 +56,6 @@ META_BITS = "ssps.bits"
 META_SIGNED = "ssps.a_signed"
 META_FORMAT = "ssps.format"
 ONNX_FORMAT = "ssps-onnx-qdq/1"
-
-
-class ExportError(SSPSError):
-    """The model cannot be exported: an undecided or uncalibrated cell, unsupported bits or opset."""
 
 
 # -- QDQ autograd function ------------------------------------------------------------------
@@ -190,11 +187,6 @@ def _check_cell(name: str, cell: QuantCellMixin) -> tuple[int, int]:
             "or run calibration forwards (e.g. a few batches in eval mode) before exporting"
         )
     return bits[0], bits[1]
-
-
-def quant_cells(model: nn.Module) -> dict[str, QuantCellMixin]:
-    """``{name: cell}`` of every quantization cell of ``model``, in module order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, QuantCellMixin)}
 
 
 @contextlib.contextmanager
@@ -345,233 +337,3 @@ def read_onnx_bits(path_or_model) -> dict[str, tuple[int, int]]:
         if p.key == META_BITS:
             return {k: (int(v[0]), int(v[1])) for k, v in json.loads(p.value).items()}
     raise ExportError(f"ONNX model has no {META_BITS!r} metadata; was it exported by ssps_nni.export?")
-
-
-# -- checkpoints and calibration of a fixed model ---------------------------------------------
-
-#: State of a cell that is not a parameter of the float layer.
-QUANT_STATE_KEYS = ("w_scale", "a_scale", "w_mask", "a_mask", "a_signed", "initialized")
-
-
-def checkpoint_problem(path: str | os.PathLike) -> str | None:
-    """Why ``path`` cannot be a ``torch.save`` checkpoint, or None if it can (a cheap check).
-
-    ``torch.save`` writes a zip archive (or, in the legacy format, a pickle starting with
-    protocol byte 0x80); anything else (a text file, an image, a truncated download) is refused
-    before a training run is built on it.
-    """
-    import zipfile
-
-    path = Path(path)
-    if not path.is_file():
-        return f"{path} is not a local file"
-    try:
-        with open(path, "rb") as f:
-            head = f.read(2)
-    except OSError as err:
-        return f"{path} cannot be read ({err})"
-    if zipfile.is_zipfile(path) or head[:1] == b"\x80":
-        return None
-    return f"{path} is not a PyTorch checkpoint (torch.save writes a zip archive or a pickle)"
-
-
-def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict:
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return dict(state)
-
-
-def load_fixed_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], policy=None) -> list[str]:
-    """Load a checkpoint's ``state_dict`` into a fixed model; report cells left uncalibrated.
-
-    Accepts the ``state_dict`` of the fixed model itself (``w_scale`` ``(1, C_out)``), of a
-    float model (no quantizer state: those cells stay uncalibrated) or of a search supernet
-    (``w_scale`` ``(len(B_w), C_out)``, ``a_scale`` ``(len(B_a),)``): then the row of the
-    policy's bit-width is taken, its index in the sorted candidate list of ``policy``.
-    A ``module.`` prefix (DataParallel) is removed.
-
-    Args:
-        model: the fixed model (:func:`ssps_nni.policy.apply_policy` applied).
-        state_dict: ``{key: tensor}``.
-        policy: the :class:`~ssps_nni.policy.Policy`; needed for a supernet checkpoint.
-
-    Returns:
-        Names of the quantized cells the checkpoint held no step sizes for (``initialized`` 0):
-        calibrate them (:func:`calibrate_cells`) before exporting.
-
-    Raises:
-        ExportError: a float parameter is missing, a key is unexpected, or a shape does not fit
-            (names the keys).
-    """
-    state = _strip_prefix(state_dict, "module.")
-    cells = quant_cells(model)
-    for name, cell in cells.items():
-        for slot, key in (("w", "w_scale"), ("a", "a_scale")):
-            full = f"{name}.{key}"
-            value = state.get(full)
-            if value is None or value.shape[0] == 1:
-                continue
-            if policy is None:
-                raise ExportError(f"{full} has {value.shape[0]} rows (a supernet checkpoint); pass the policy")
-            cands = sorted(int(b) for b in policy.candidates[slot])
-            if value.shape[0] != len(cands):
-                raise ExportError(
-                    f"{full} has {value.shape[0]} rows but the policy lists {len(cands)} {slot} candidates {cands}"
-                )
-            bits = cell.candidates(slot)[0]
-            state[full] = value[cands.index(bits)].unsqueeze(0)
-            state[f"{name}.{slot}_mask"] = torch.ones(1, dtype=torch.uint8)
-    own = model.state_dict()
-    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-           for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if bad:
-        raise ExportError("checkpoint shapes do not fit the model of this policy: " + "; ".join(bad[:5]))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected:
-        raise ExportError(f"checkpoint has keys the model lacks: {', '.join(unexpected[:8])}"
-                          f"{' ...' if len(unexpected) > 8 else ''}")
-    float_missing = [k for k in missing if k.rsplit(".", 1)[-1] not in QUANT_STATE_KEYS]
-    if float_missing:
-        raise ExportError(f"checkpoint lacks parameters of the model: {', '.join(float_missing[:8])}"
-                          f"{' ...' if len(float_missing) > 8 else ''}")
-    for cell in cells.values():
-        cell._fixed_cache = None
-    return [name for name, cell in cells.items()
-            if not int(cell.initialized) and min(cell.bits()) < FLOAT_BITS]
-
-
-@torch.no_grad()
-def calibrate_cells(model: nn.Module, batches, names: Sequence[str] | None = None) -> None:
-    """Initialise the step sizes of a fixed model's cells from data (LSQ init, docs/algorithm.md §2).
-
-    Args:
-        model: a model with cells; run in eval mode here (flags restored).
-        batches: iterable of input tensors, e.g. ``(N, 3, 32, 32)`` normalised images.
-        names: cells to initialise (default: every cell).
-
-    Raises:
-        ExportError: ``batches`` was empty.
-    """
-    cells = quant_cells(model)
-    chosen = [cells[n] for n in (names if names is not None else cells)]
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    for cell in chosen:
-        cell.calibrating = True
-    seen = 0
-    try:
-        for x in batches:
-            model(x)
-            seen += 1
-    finally:
-        for cell in chosen:
-            cell.calibrating = False
-        for m, mode in modes.items():
-            m.training = mode
-    if not seen:
-        raise ExportError("calibration got no batch")
-    for cell in chosen:
-        cell.init_scales()
-
-
-# -- NNI config_list ----------------------------------------------------------------------------
-
-
-def _input_signedness(policy, model: nn.Module | None, signed: Mapping[str, bool] | None) -> dict[str, bool | None]:
-    out: dict[str, bool | None] = {}
-    cells = quant_cells(model) if model is not None else {}
-    for name, entry in policy.layers.items():
-        if signed is not None and name in signed:
-            out[name] = bool(signed[name])
-        elif "a_signed" in entry:
-            out[name] = bool(entry["a_signed"])
-        elif name in cells and int(cells[name].initialized):
-            out[name] = bool(int(cells[name].a_signed))
-        else:
-            out[name] = None
-    return out
-
-
-def policy_to_nni_config_list(
-    policy,
-    model: nn.Module | None = None,
-    *,
-    signed: Mapping[str, bool] | None = None,
-    quantizer: str = "lsq",
-) -> list[dict]:
-    """Convert a policy into an NNI 3.0 ``nni.compression`` quantization ``config_list`` (§8).
-
-    One entry per layer with at least one quantized slot, in policy order::
-
-        {'op_names': [name],
-         'target_names': ['weight', '_input_'],          # only the quantized slots
-         'quant_dtype': 'int{w}',                        # required by NNI's schema; overridden below
-         'target_settings': {
-             'weight': {'quant_dtype': 'int{w}', 'quant_scheme': 'symmetric',
-                        'granularity': 'out_channel'},
-             '_input_': {'quant_dtype': 'uint{a}' | 'int{a}', 'quant_scheme': ...,
-                         'granularity': 'default'}}}
-
-    Weights: signed, symmetric, per output channel (docs/algorithm.md §2). Inputs: per tensor,
-    ``uint{a}`` when the layer's input is non-negative, else ``int{a}``. The input scheme is
-    chosen so that NNI's quantizer puts the zero point at 0 like SSPS: ``LsqQuantizer``
-    (``quantizer='lsq'``) always uses zero point 0 and accepts only ``'symmetric'``; NNI's
-    observer-based quantizers (``'qat'``: ``QATQuantizer``, ``PtqQuantizer``) put a symmetric
-    ``uint`` range's zero point at its middle, so ``uint`` inputs get ``'affine'`` there (zero
-    point 0 for a non-negative input). 32-bit slots and ``excluded`` layers are left out
-    (unquantized). NNI 3.0's ranges (``nni/compression/base/target_space.py``): ``int{b}`` is
-    ``[-(2^(b-1) - 1), 2^(b-1) - 1]``, the same as SSPS weights; ``uint{b}`` is ``[0, 2^b - 1]``,
-    the same as SSPS unsigned inputs; a signed input loses SSPS's extra code ``-2^(b-1)``.
-
-    Args:
-        policy: a :class:`~ssps_nni.policy.Policy`.
-        model: optional; a model with calibrated cells supplies each input's sign
-            (``a_signed``); a plain model is only used to check the layer names.
-        signed: optional ``{layer: bool}`` overriding the input sign.
-        quantizer: ``'lsq'`` (default) or ``'qat'`` (also for ``PtqQuantizer``); see above.
-
-    Input sign, first found: ``signed``, the layer's ``a_signed`` key in the policy, the
-    calibrated cell of ``model``; unknown signs default to signed (``int{a}``), which never
-    clips a negative input.
-
-    Returns:
-        The ``config_list`` (list of dicts, JSON-serialisable).
-
-    Raises:
-        PolicyError: ``model`` is given and a policy layer is not one of its Conv2d/Linear layers.
-        ValueError: unknown ``quantizer``.
-    """
-    from .errors import PolicyError
-
-    if quantizer not in ("lsq", "qat"):
-        raise ValueError(f"quantizer must be 'lsq' or 'qat', got {quantizer!r}")
-
-    if model is not None:
-        from .cell import CELL_TYPES
-
-        known = {n for n, m in model.named_modules() if n and (type(m) in CELL_TYPES or isinstance(m, QuantCellMixin))}
-        for name, entry in policy.layers.items():
-            if name not in known and not entry.get("excluded"):
-                raise PolicyError(f"policy layer {name!r} is not a Conv2d/Linear of {type(model).__name__}")
-    signs = _input_signedness(policy, model, signed)
-    config_list = []
-    for name, entry in policy.layers.items():
-        if entry.get("excluded"):
-            continue
-        w_bits, a_bits = int(entry["w_bits"]), int(entry["a_bits"])
-        settings = {}
-        if w_bits < FLOAT_BITS:
-            settings["weight"] = {"quant_dtype": f"int{w_bits}", "quant_scheme": "symmetric",
-                                  "granularity": "out_channel"}
-        if a_bits < FLOAT_BITS:
-            is_signed = True if signs[name] is None else signs[name]
-            scheme = "affine" if quantizer == "qat" and not is_signed else "symmetric"
-            settings["_input_"] = {"quant_dtype": f"{'' if is_signed else 'u'}int{a_bits}",
-                                   "quant_scheme": scheme, "granularity": "default"}
-        if settings:
-            # NNI's schema requires a top-level ``quant_dtype`` (a shortcut applied to every target
-            # first); ``target_settings`` then override it per target.
-            first = next(iter(settings.values()))["quant_dtype"]
-            config_list.append({"op_names": [name], "target_names": list(settings), "quant_dtype": first,
-                                "target_settings": settings})
-    return config_list

@@ -127,8 +127,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from ssps_nni.export import (DEFAULT_OPSET, calibrate_cells, export_onnx, load_fixed_state,
-                                 policy_to_nni_config_list)
+    from ssps_nni.calibrate import calibrate_cells
+    from ssps_nni.checkpoint import load_fixed_state
+    from ssps_nni.export import DEFAULT_OPSET, export_onnx
     from ssps_nni.policy import apply_policy, atomic_write, load_policy
 
     policy = load_policy(args.policy)
@@ -156,6 +157,8 @@ def run(args: argparse.Namespace) -> Path:
                       metadata={"ssps.policy": str(Path(args.policy).name),
                                 "ssps.model": args.model if not args.config else Path(args.config).name})
     if args.nni_config:
+        from ssps_nni.nni.config_list import policy_to_nni_config_list  # imports NNI: only when asked
+
         atomic_write(args.nni_config, json.dumps(policy_to_nni_config_list(policy), indent=2) + "\n")
     return out
 

@@ -200,7 +200,7 @@ def validate(cfg) -> None:
             'checkpoint of this model (--load-from PTH), or none to search from the initial weights; '
             'URLs are not fetched (no network).')
     if load_from:
-        from ssps_nni.export import checkpoint_problem
+        from ssps_nni.checkpoint import checkpoint_problem
 
         problem = checkpoint_problem(load_from)
         if problem:

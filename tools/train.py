@@ -131,7 +131,7 @@ def validate(cfg) -> None:
         raise InputError(f'load_from = {load_from!r} is not a local file; give the path of a checkpoint '
                          '(full-precision, search or QAT) of this model, or none (no network: URLs are not fetched)')
     if load_from:
-        from ssps_nni.export import checkpoint_problem
+        from ssps_nni.checkpoint import checkpoint_problem
 
         problem = checkpoint_problem(load_from)
         if problem:

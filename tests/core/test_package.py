@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CORE = ("quant", "sampler", "cell", "convert", "cost", "penalty", "decider", "policy", "search", "errors")
+CORE = ("quant", "sampler", "cell", "convert", "cost", "penalty", "decider", "policy", "search", "errors",
+        "export", "checkpoint", "calibrate")
 
 
 def test_core_imports_neither_nni_nor_mmengine():

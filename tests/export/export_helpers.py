@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ssps_nni.data import load_cifar10_subset
-from ssps_nni.export import calibrate_cells
+from ssps_nni.calibrate import calibrate_cells
 from ssps_nni.models import resnet20
 from ssps_nni.policy import Policy, apply_policy
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from export_helpers import calibrated_model
+from ssps_nni.checkpoint import load_fixed_state
 from ssps_nni.convert import convert_model
-from ssps_nni.export import ExportError, load_fixed_state
+from ssps_nni.errors import ExportError
 from ssps_nni.models import resnet20
 from ssps_nni.policy import apply_policy
 

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from export_helpers import mixed_policy, to_tensor
 from ssps_nni.data import load_cifar10_subset
 from ssps_nni.errors import PolicyError
-from ssps_nni.export import policy_to_nni_config_list
 from ssps_nni.models import resnet20
+from ssps_nni.nni.config_list import policy_to_nni_config_list
 from ssps_nni.policy import apply_policy
 
 
