@@ -21,6 +21,7 @@ from torch import nn
 
 from ..convert import DEFAULT_CANDIDATES, DEFAULT_PINNED_BITS, check_candidates, select_layers
 from .ops import FIXED_OPS, MIXED_OPS, bits_choices, copy_weights, float_type, layer_kwargs
+from .supermodule import QuantSuperNetModule
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -70,13 +71,12 @@ class QuantizationSpace(ModelSpace):
 
         They replace each mixed-precision op with a supernet module that samples its bits
         (:class:`~ssps_nni.nni.supermodule.QuantSuperNetModule`), before NNI's own default hooks
-        could mistake the op for a plain ``Conv2d`` with mutable arguments. The SSPS strategy
-        brings its own hook.
+        could mistake the op for a plain ``Conv2d`` with mutable arguments. A strategy that
+        declares that hook among its own (``default_mutation_hooks``, as SSPS does) gets no
+        second copy.
         """
-        from .strategy import SSPS
-        from .supermodule import QuantSuperNetModule
-
-        return [] if isinstance(strategy, SSPS) else [QuantSuperNetModule.mutate]
+        own = strategy.default_mutation_hooks() if hasattr(strategy, "default_mutation_hooks") else []
+        return [] if QuantSuperNetModule.mutate in own else [QuantSuperNetModule.mutate]
 
 
 def quantization_space(model: nn.Module, candidates=DEFAULT_CANDIDATES, a_candidates=None, *,
