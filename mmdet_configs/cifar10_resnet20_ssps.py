@@ -17,8 +17,8 @@ _base_ = [
     'mmpretrain::_base_/datasets/cifar10_bs16.py',
     'mmpretrain::_base_/schedules/cifar10_bs128.py',
     'mmpretrain::_base_/default_runtime.py',
+    './_base_/ssps_search.py',
 ]
-custom_imports = dict(imports=['ssps_nni.mmengine'], allow_failed_imports=False)
 
 model = dict(
     type='ImageClassifier',
@@ -44,13 +44,8 @@ train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=5)
 param_scheduler = dict(
     _delete_=True, type='CosineAnnealingLR', by_epoch=True, T_max=max_epochs)
 
-custom_hooks = [
-    dict(
-        type='SSPSHook',
-        budget='bitops=W4A4',
-        candidates=(2, 3, 4, 5, 6, 8),
-        warmup_steps=0.1,  # a fraction of the search: weights adapt to every bit-width first
-        calib_batches=4,
-    ),
-]
+# The shared SSPS hook (_base_/ssps_search.py: budget bitops=W4A4, candidates (2, 3, 4, 5, 6, 8));
+# no total_steps: the search spans the whole schedule. The warm-up is a fraction of the search
+# (weights adapt to every bit-width first); calibration of the step sizes on 4 batches.
+custom_hooks = [dict(_base_.ssps_hook, warmup_steps=0.1, calib_batches=4)]
 randomness = dict(seed=0)

@@ -10,19 +10,9 @@
 _base_ = ['./cifar10_resnet20_ssps.py']
 
 data_root = '../shared/data/cifar10'
-train_dataloader = dict(
-    dataset=dict(
-        _delete_=True,
-        type='CIFAR10Folder',
-        data_root=data_root,
-        test_mode=False,
-        pipeline=_base_.train_pipeline))
-val_dataloader = dict(
-    dataset=dict(
-        _delete_=True,
-        type='CIFAR10Folder',
-        data_root=data_root,
-        test_mode=True,
-        pipeline=_base_.test_pipeline))
+train_dataloader = dict(dataset=dict(
+    _delete_=True, type='CIFAR10Folder', data_root=data_root, test_mode=False, pipeline=_base_.train_pipeline))
+val_dataloader = dict(dataset=dict(
+    _delete_=True, type='CIFAR10Folder', data_root=data_root, test_mode=True, pipeline=_base_.test_pipeline))
 test_dataloader = val_dataloader
 load_from = '{{ fileDirname }}/../checkpoints/resnet20_cifar10_fp32.pth'

@@ -11,23 +11,11 @@
 _base_ = ['./cifar10_resnet20_ssps.py']
 
 train_dataloader = dict(
-    batch_size=64,
-    num_workers=1,
-    persistent_workers=False,
-    dataset=dict(
-        _delete_=True,
-        type='CIFAR10Subset',
-        test_mode=False,
-        pipeline=_base_.train_pipeline))
+    batch_size=64, num_workers=1, persistent_workers=False,
+    dataset=dict(_delete_=True, type='CIFAR10Subset', test_mode=False, pipeline=_base_.train_pipeline))
 val_dataloader = dict(
-    batch_size=250,
-    num_workers=1,
-    persistent_workers=False,
-    dataset=dict(
-        _delete_=True,
-        type='CIFAR10Subset',
-        test_mode=True,
-        pipeline=_base_.test_pipeline))
+    batch_size=250, num_workers=1, persistent_workers=False,
+    dataset=dict(_delete_=True, type='CIFAR10Subset', test_mode=True, pipeline=_base_.test_pipeline))
 test_dataloader = val_dataloader
 
 max_epochs = 6

@@ -289,7 +289,7 @@ def match_layer_names(policy_names: Iterable[str], model_names: Iterable[str],
     to one.
 
     Returns:
-        ``{policy name: model name}``.
+        ``{policy name: model name}``, in policy order.
 
     Raises:
         PolicyError: a policy name matches no model layer, or several that no other policy name
@@ -328,7 +328,7 @@ def match_layer_names(policy_names: Iterable[str], model_names: Iterable[str],
     for m in model_names:
         if m not in matched:
             raise PolicyError(f"model layer {m!r} is missing from the policy")
-    return mapping
+    return {p: mapping[p] for p in policy_names}
 
 
 def describe_mapping(mapping: Mapping[str, str], model_type: str = "the model") -> str:

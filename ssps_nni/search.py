@@ -342,7 +342,8 @@ class SSPSSearch:
 
         The path sampler's generator is rewound to where :meth:`begin_step` found it, so the
         re-run takes the same paths; the generator, the global RNG and every buffer (BatchNorm
-        statistics) are restored afterwards.
+        statistics) are restored afterwards. Cells are named by their layer name in the space
+        (as in the policy), other modules by their path in the model.
         """
         generator = self.space.sampler.generator
         after = generator.get_state()
@@ -351,7 +352,7 @@ class SSPSSearch:
         try:
             devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
             with torch.random.fork_rng(devices=devices):
-                return first_nonfinite_output(self.model, run)
+                return first_nonfinite_output(self.model, run, {cell: name for name, cell in self.space.cells.items()})
         finally:
             generator.set_state(after)
 
@@ -678,12 +679,14 @@ def _nonfinite(value) -> bool:
     return False
 
 
-def first_nonfinite_output(model: nn.Module, run: Callable[[], object]) -> str | None:
+def first_nonfinite_output(model: nn.Module, run: Callable[[], object],
+                           names: dict[nn.Module, str] | None = None) -> str | None:
     """Re-run a forward and name the first module whose output holds NaN or inf.
 
     Forward hooks on every module of ``model`` record, in execution order, the first output
     that is not finite; ``run`` is called once without gradients and its exceptions are caught
     (what was found before one is kept). Every buffer (BatchNorm statistics) is restored.
+    ``names`` overrides the module path of some modules (e.g. a cell inside a wrapper).
 
     Returns:
         A phrase: ``'the first layer whose output was not finite is backbone.layer1.0.conv1
@@ -706,7 +709,8 @@ def first_nonfinite_output(model: nn.Module, run: Callable[[], object]) -> str |
         return record
 
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()]
+    names = names or {}
+    handles = [m.register_forward_hook(hook(names.get(m, n))) for n, m in model.named_modules()]
     try:
         with torch.no_grad():
             run()

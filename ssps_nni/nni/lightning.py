@@ -10,6 +10,11 @@ logits' Adam (``step_logits``), sequential determination (``end_step``) and the 
 Single level (default): one batch, one backward for weights and logits.
 Bi-level (first order, as NNI's DARTS): ``batch['val']`` updates the logits, then
 ``batch['train']`` the weights.
+
+A NaN or inf loss raises :class:`~ssps_nni.errors.SearchDivergedError` before its backward,
+naming the step and the first layer whose output was not finite (the step is re-run without
+gradients to find it); Lightning then saves no checkpoint. A search with nothing to search
+(:meth:`~ssps_nni.search.SSPSSearch.single_policy`, settled by the strategy) trains no step.
 """
 from __future__ import annotations
 
@@ -70,6 +75,7 @@ class SSPSLightningModule(DartsLightningModule):
             batch = batch["train"]
         output = self.training_module.training_step(batch, batch_idx)
         loss = _loss(output)
+        self._check_loss(loss, batch, batch_idx)
         if not self.bilevel:
             extra, details = search.loss_term(loss)
             self._log_details(details)
@@ -85,11 +91,23 @@ class SSPSLightningModule(DartsLightningModule):
         """First-order bi-level: the logits take one step on a held-out batch (§7)."""
         self.search.logits_optimizer.zero_grad(set_to_none=True)
         loss = _loss(self.training_module.training_step(batch, batch_idx))
+        self._check_loss(loss, batch, batch_idx)
         extra, details = self.search.loss_term(loss)
         self._log_details(details)
         self.manual_backward(loss + extra)
         self.search.step_logits()
         self.training_module.zero_grad(set_to_none=True)
+
+    def _check_loss(self, loss, batch, batch_idx: int) -> None:
+        """``SearchDivergedError`` before the backward if ``loss`` is NaN or inf (the step re-run to locate it)."""
+        where = f"batch {batch_idx} of epoch {self.trainer.current_epoch}" if self._trainer is not None else ""
+        self.search.check_loss(loss, locate=lambda: self.training_module.training_step(batch, batch_idx), where=where)
+
+    def on_train_start(self):
+        """Nothing to search (the strategy settled the policy): stop before the first step."""
+        if self.search.finished:
+            self.trainer.should_stop = True
+        return super().on_train_start()
 
     def _end_step(self, steps_done: int, batch_idx: int) -> None:
         fixed = self.search.end_step(steps_done)
@@ -114,13 +132,14 @@ class SSPSLightningModule(DartsLightningModule):
         return self.training_module.on_validation_epoch_end()
 
     def on_train_end(self):
-        """At the end of the planned search, fix every open decision (guarded, repaired if needed).
+        """When every decision is made or the planned search is over, finish: fix what is left
+        (guarded, repaired if needed) and fill the budget; the policy is then final.
 
         A fit stopped earlier (the trainer's ``max_epochs`` below the search length) leaves the
         open decisions open, so the search can resume from its checkpoint.
         """
         search = self.search
-        if not search.done and search.step >= search.config.total_steps:
+        if not search.finished and (search.done or search.step >= search.config.total_steps):
             search.finish()
         return super().on_train_end()
 

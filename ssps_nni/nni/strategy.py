@@ -11,13 +11,19 @@ onto them:
 2. ``mutate_evaluator``: the search length is resolved (epochs or steps), the core search is
    created and prepared on one training batch (profiling, LSQ calibration, budget check), so a
    bad budget fails before any training step; then the evaluator's module is wrapped.
+   With nothing to search (one candidate per decision, or budgets that leave one feasible
+   policy) the policy is fixed there, one log line says why, and the evaluator only validates
+   the fixed model (no training step).
 3. Lightning runs the search; :meth:`SSPS.policy` / :meth:`SSPS.save_policy` give the core
-   ``Policy``; ``export_top_models`` gives the decided ``{label: bits}`` sample.
+   ``Policy`` (``"final": true`` once the search is finished); ``export_top_models`` gives the
+   decided ``{label: bits}`` sample. A NaN or inf loss stops the search with
+   :class:`~ssps_nni.errors.SearchDivergedError` on its step.
 """
 from __future__ import annotations
 
 import nni.nas.strategy  # noqa: F401  (first: otherwise NNI's built-in strategies become placeholders)
 from nni.nas.oneshot.pytorch.strategy import OneShotStrategy, no_default_hook
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from ..cell import QuantCellMixin
@@ -96,7 +102,15 @@ class SSPS(OneShotStrategy):
         batch = next(iter(loader))
         inputs = self.input_fn(batch)
         self.search.prepare(lambda: self._space.model(inputs), num_samples=len(inputs))
-        return super().mutate_evaluator(evaluator)
+        reason = self.search.single_policy()
+        if reason is None:
+            return super().mutate_evaluator(evaluator)
+        self.search.settle()
+        rank_zero_info(f"SSPS: nothing to search, {reason}; the policy is final now and no training step runs "
+                       "(the fixed model is only validated)")
+        lightning = super().mutate_evaluator(evaluator)
+        lightning.train_dataloaders = None  # Lightning.evaluate then runs trainer.validate, not fit
+        return lightning
 
     def configure_oneshot_module(self, training_module) -> SSPSLightningModule:
         return SSPSLightningModule(training_module, self.search, bilevel=self.bilevel,
@@ -139,9 +153,15 @@ class SSPS(OneShotStrategy):
         return self.search.policy()
 
     def save_policy(self, path) -> Policy:
-        """Write :meth:`policy` as policy JSON (``ssps_nni.policy`` format) and return it."""
+        """Write :meth:`policy` as policy JSON (``ssps_nni.policy`` format) and return it.
+
+        Before the search is finished the file is a snapshot (``"final": false``, its open
+        decisions listed), which retraining tools refuse; a warning says so.
+        """
         policy = self.policy()
         policy.save(path)
+        if not policy.final:
+            rank_zero_warn(f"SSPS.save_policy: {path} is not final, the search is not finished ({policy.status()})")
         return policy
 
 

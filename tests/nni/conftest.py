@@ -1,44 +1,19 @@
 """Shared pieces of the NNI driver tests: real CIFAR-10 images, a ResNet-20 space, evaluators."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("nni")
 pytest.importorskip("pytorch_lightning")
 
-from nni.nas.evaluator.pytorch import Classification, DataLoader  # noqa: E402
-from torch.utils.data import TensorDataset  # noqa: E402
+from nni_helpers import cifar_splits, cifar_tensors, make_evaluator as _make_evaluator  # noqa: E402,F401
 
-from ssps_nni.data import load_cifar10_subset  # noqa: E402
-
-MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
-STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
 CANDIDATES = (2, 4, 8)
-
-
-def cifar_tensors(split: str, n: int) -> TensorDataset:
-    """The first ``n`` images of the shipped real CIFAR-10 subset, normalised, as tensors."""
-    records = load_cifar10_subset(split)[:n]
-    x = torch.from_numpy(np.stack([r["img"] for r in records])).permute(0, 3, 1, 2).float() / 255
-    return TensorDataset((x - MEAN) / STD, torch.tensor([r["gt_label"] for r in records]))
 
 
 @pytest.fixture(scope="session")
 def cifar():
-    return {"train": cifar_tensors("train", 128), "val": cifar_tensors("test", 64)}
-
-
-def _make_evaluator(cifar, max_epochs: int = 2, root=None, **trainer_kwargs) -> Classification:
-    """Classification on real CIFAR-10 images: 4 training batches of 32 per epoch, no shuffling."""
-    return Classification(
-        train_dataloaders=DataLoader(cifar["train"], batch_size=32, shuffle=False),
-        val_dataloaders=DataLoader(cifar["val"], batch_size=64),
-        max_epochs=max_epochs, num_classes=10, learning_rate=1e-3,
-        enable_progress_bar=False, logger=False, enable_model_summary=False,
-        default_root_dir=None if root is None else str(root), **trainer_kwargs,
-    )
+    return cifar_splits()
 
 
 @pytest.fixture
