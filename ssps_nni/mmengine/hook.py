@@ -139,6 +139,7 @@ class SSPSHook(Hook):
         self._handle = None
         self._runner = None
         self._locating = False
+        self._checked = False  # this iteration's loss was checked in the forward hook
 
     def search_config(self, total_steps: int) -> SearchConfig:
         """The :class:`SearchConfig` for a search of ``total_steps`` optimizer steps."""
@@ -264,6 +265,7 @@ class SSPSHook(Hook):
         if dist.get_world_size() > 1:
             dist.all_reduce(bad, op='max')
         if not int(bad.item()):
+            self._checked = True
             return
         local = not bool(torch.isfinite(loss).all())
 
@@ -297,14 +299,15 @@ class SSPSHook(Hook):
                 f'then start the search again; {checkpoint}.')
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        self._checked = False
         self._scale = loss_scale(self.optim_wrapper)
         self.search.begin_step(self.search.step)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         """On optimizer steps: update the logits, run the decider, log, stop when done."""
-        loss = outputs.get('loss') if isinstance(outputs, dict) else None
+        loss = outputs.get('loss') if isinstance(outputs, dict) and not self._checked else None
         if loss is not None and not bool(torch.isfinite(torch.as_tensor(loss)).all()):
-            # the forward check covers the model's own loss entries; this catches the rest
+            # a loss the forward hook did not see (a train_step that bypasses forward(mode='loss'))
             self.search.check_loss(torch.as_tensor(loss), where=f'iteration {runner.iter + 1}, epoch '
                                    f'{runner.epoch + 1}; this step already updated the weights',
                                    hint=self._divergence_hint())

@@ -70,11 +70,11 @@ class Recorder(Hook):
         self.outputs.append(dict(outputs))
 
 
-def toy_runner(work_dir, scope='mmpretrain', max_iters=8, schedulers=None, **hook):
+def toy_runner(work_dir, scope='mmpretrain', max_iters=8, schedulers=None, model='ToySSPSNet', **hook):
     hook = dict(dict(type='SSPSHook', budget='bitops=W4A4', candidates=(2, 4, 8), warmup_steps=2,
                      calib_batches=2), **hook)
     return Runner(
-        model=dict(type='ToySSPSNet'),
+        model=dict(type=model),
         work_dir=str(work_dir),
         train_dataloader=dict(dataset=dict(type='ToySSPSData'), sampler=dict(type='DefaultSampler', shuffle=True),
                               batch_size=8, num_workers=0),
@@ -258,3 +258,26 @@ def test_nothing_to_search_writes_the_policy_without_training(tmp_path, hook, re
     log = Path(log_files[0]).read_text()
     assert f'SSPS: nothing to search, {reason}' in log and 'no training step runs' in log
     assert not list(tmp_path.glob('*.pth'))
+
+
+@MODELS.register_module(force=True)
+class ToyOwnStepNet(ToySSPSNet):
+    """A ``train_step`` of its own that computes the loss without ``forward(mode='loss')``."""
+
+    def train_step(self, data, optim_wrapper):
+        data = self.data_preprocessor(data, True)
+        logits = self(data['inputs'], mode='tensor')
+        loss = F.cross_entropy(logits, torch.as_tensor(data['data_samples']))
+        optim_wrapper.update_params(loss)
+        return {'loss': loss.detach()}
+
+
+def test_a_nan_loss_the_forward_hook_did_not_see_still_stops_the_search(tmp_path):
+    from ssps_nni.errors import SearchDivergedError
+
+    runner = toy_runner(tmp_path, max_iters=8, model='ToyOwnStepNet')
+    runner.register_hook(Poison(at=5))
+    with pytest.raises(SearchDivergedError, match=r'step 6 of 8 \(iteration 6, epoch 1; this step already updated '
+                                                  r'the weights\): the training loss is nan'):
+        runner.train()
+    assert not (tmp_path / 'policy.json').exists() and not (tmp_path / 'iter_8.pth').exists()
