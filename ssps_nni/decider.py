@@ -58,6 +58,29 @@ class Constraint:
     spec: str = ""
 
 
+def check_reachable(constraints: list[Constraint], masks_w: torch.Tensor, masks_a: torch.Tensor) -> None:
+    """Every budget can be met with the allowed candidates (bool ``(L, n)`` masks), §4, §6.
+
+    Raises:
+        BudgetError: the first budget below the cheapest policy; the message gives the
+            reachable range and the W8A8 and FP32 costs.
+    """
+    for c in constraints:
+        low = c.cost.cheapest(masks_w, masks_a)
+        if low > c.target * (1 + _TOL):
+            refs = c.cost.references()
+            fmt = c.cost.model.format
+
+            def ref(key):
+                return fmt(refs[key]) if key in refs else "n/a"
+
+            raise BudgetError(
+                f"budget {c.spec or c.cost.name} = {fmt(c.target)} is unreachable: the cheapest policy "
+                f"costs {fmt(low)}. Reachable range: {ref('min')} (all-minimum) to "
+                f"{ref('max')} (all-maximum); W8A8 = {ref('w8a8')}, FP32 = {ref('fp32')}"
+            )
+
+
 @dataclass
 class DeciderConfig:
     """Options of :class:`SequentialDecider` (§6); all lengths in optimizer steps.
@@ -111,21 +134,7 @@ class SequentialDecider:
     repaired: bool = False
 
     def __post_init__(self):
-        masks = self._masks()
-        for c in self.constraints:
-            low = c.cost.cheapest(*masks)
-            if low > c.target * (1 + _TOL):
-                refs = c.cost.references()
-                fmt = c.cost.model.format
-
-                def ref(key):
-                    return fmt(refs[key]) if key in refs else "n/a"
-
-                raise BudgetError(
-                    f"budget {c.spec or c.cost.name} = {fmt(c.target)} is unreachable: the cheapest policy "
-                    f"costs {fmt(low)}. Reachable range: {ref('min')} (all-minimum) to "
-                    f"{ref('max')} (all-maximum); W8A8 = {ref('w8a8')}, FP32 = {ref('fp32')}"
-                )
+        check_reachable(self.constraints, *self._masks())
 
     # -- state -------------------------------------------------------------------------------
 
