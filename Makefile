@@ -1,5 +1,6 @@
-# Small entry points; the real work lives in tools/.
+# Small entry points; the real work lives in ssps_nni/cli/ (the `ssps` console command).
 PY := .venv/bin/python
+SSPS := .venv/bin/ssps
 ARGS ?=
 
 .PHONY: setup test demo data
@@ -11,7 +12,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 demo: setup
-	$(PY) tools/search.py $(ARGS)
+	$(SSPS) search $(ARGS)
 
 data:
 	python3 tools/make_cifar_subset.py

@@ -1,13 +1,12 @@
-"""``tools/benchmark.py`` in its smallest setting (``--smoke``), so the benchmarks keep working.
+"""``ssps benchmark`` in its smallest setting (``--smoke``), so the benchmarks keep working.
 
 The numbers of a smoke run mean nothing (a few steps on a few images); this checks that every
 section runs end to end through the real code paths (the core search loop, NNI's DARTS
-supernet, ``tools/train.py`` and the search tool's steps), that the results are complete and
+supernet, ``ssps train`` and the search command's steps), that the results are complete and
 consistent, that finished runs are reused on a second call, and that bad input is refused.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,21 +15,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARK = ROOT / 'tools' / 'benchmark.py'
 
 
 def _run(*args, timeout=600):
-    return subprocess.run([sys.executable, str(BENCHMARK), *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, '-m', 'ssps_nni.cli', 'benchmark', *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope='module')
 def benchmark_tool():
-    """``tools/benchmark.py`` imported as a module (its ``main(argv)`` runs in-process)."""
-    spec = importlib.util.spec_from_file_location('ssps_benchmark_tool', BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``ssps benchmark`` (``ssps_nni.cli.benchmark``; its ``main(argv)`` runs in-process)."""
+    from ssps_nni.cli import benchmark
+
+    return benchmark
 
 
 @pytest.fixture(scope='module')
@@ -141,7 +138,7 @@ def test_standard_mode_refuses_an_fp32_checkpoint_it_cannot_use(tmp_path, capsys
             (tmp_path / 'fp32.json').write_text(json.dumps(meta))
         assert benchmark_tool.main(argv) == 2
         err = capsys.readouterr().err
-        assert message in err and 'benchmark.py: error:' in err, err
+        assert message in err and 'ssps benchmark: error:' in err, err
     assert not (tmp_path / 'out').exists()
 
 

@@ -1,4 +1,4 @@
-"""tools/export.py: policy + checkpoint -> ONNX (and NNI config_list), and its errors."""
+"""``ssps export``: policy + checkpoint -> ONNX (and NNI config_list), and its errors."""
 from __future__ import annotations
 
 import json
@@ -21,7 +21,7 @@ onnx = pytest.importorskip("onnx")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "tools/export.py"), *args],
+    return subprocess.run([sys.executable, "-m", "ssps_nni.cli", "export", *args],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
@@ -82,7 +82,7 @@ def test_cli_errors(saved, tmp_path, case):
     res = run_cli("--policy", args["policy"], "--checkpoint", args["checkpoint"], "--model", args["model"],
                   "--output", str(tmp_path / "x.onnx"))
     assert res.returncode == 2, res.stderr
-    assert expect in res.stderr and res.stderr.startswith("error:")
+    assert expect in res.stderr and res.stderr.startswith("ssps export: error:") and res.stderr.count("\n") == 1
     assert not (tmp_path / "x.onnx").exists()
 
 

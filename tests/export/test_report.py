@@ -1,4 +1,5 @@
-"""tools/report.py and ssps_nni.report: tables of bits and costs over several policies."""
+"""``ssps report`` (through its shim tools/report.py) and ssps_nni.report: tables of bits and costs
+over several policies."""
 from __future__ import annotations
 
 import csv

@@ -6,11 +6,10 @@ calibration batch: a whole search in seconds on 2 CPU cores.
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
-from mm_search_helpers import SEARCH_TOOL, SUBSET_CONFIG, TRAIN_TOOL, run_search_tool
+from mm_search_helpers import SUBSET_CONFIG, run_search_tool
 
 TINY_CONFIG = """
 _base_ = [{base!r}]
@@ -26,6 +25,15 @@ randomness = dict(seed=1)
 """
 
 
+@pytest.fixture(scope='session', autouse=True)
+def profile_cache(tmp_path_factory):
+    """``ssps search``'s cache of layer profiles in a fresh folder (not the user's), for every test."""
+    folder = tmp_path_factory.mktemp('ssps_cache')
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('SSPS_CACHE_DIR', str(folder))
+        yield folder
+
+
 @pytest.fixture(scope='session')
 def tiny_config(tmp_path_factory) -> Path:
     """Path of the tiny config file (2 epochs x 8 iterations, 250 images)."""
@@ -36,25 +44,23 @@ def tiny_config(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope='session')
 def search_tool():
-    """``tools/search.py`` imported as a module (its ``main(argv)`` runs in-process)."""
-    spec = importlib.util.spec_from_file_location('ssps_search_tool', SEARCH_TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``ssps search`` (``ssps_nni.cli.search``; its ``main(argv)`` runs in-process)."""
+    from ssps_nni.cli import search
+
+    return search
 
 
 @pytest.fixture(scope='session')
 def train_tool():
-    """``tools/train.py`` imported as a module (its ``main(argv)`` runs in-process)."""
-    spec = importlib.util.spec_from_file_location('ssps_train_tool', TRAIN_TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``ssps train`` (``ssps_nni.cli.train``; its ``main(argv)`` runs in-process)."""
+    from ssps_nni.cli import train
+
+    return train
 
 
 @pytest.fixture(scope='session')
 def full_run(tiny_config, tmp_path_factory) -> Path:
-    """One uninterrupted tiny search through ``tools/search.py``; returns its work dir."""
+    """One uninterrupted tiny search through ``ssps search``; returns its work dir."""
     work_dir = tmp_path_factory.mktemp('full_run')
     result = run_search_tool(tiny_config, '--work-dir', work_dir, '--cfg-options', 'train_cfg.max_epochs=2')
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

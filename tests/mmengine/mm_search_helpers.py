@@ -6,20 +6,21 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SEARCH_TOOL = ROOT / 'tools' / 'search.py'
-TRAIN_TOOL = ROOT / 'tools' / 'train.py'
-EXPORT_TOOL = ROOT / 'tools' / 'export.py'
+#: subcommands of the ``ssps`` console command
+SEARCH_TOOL = 'search'
+TRAIN_TOOL = 'train'
+EXPORT_TOOL = 'export'
 SUBSET_CONFIG = ROOT / 'mmdet_configs' / 'cifar10_resnet20_ssps_subset.py'
 
 
 def run_search_tool(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``tools/search.py`` in a fresh interpreter from the repository root."""
+    """Run ``ssps search`` in a fresh interpreter from the repository root."""
     return run_tool(SEARCH_TOOL, *args, timeout=timeout)
 
 
-def run_tool(tool: Path, *args, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``tools/<tool>.py`` in a fresh interpreter from the repository root."""
-    return subprocess.run([sys.executable, str(tool), *map(str, args)], cwd=ROOT,
+def run_tool(command: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``ssps COMMAND`` (``python -m ssps_nni.cli``) in a fresh interpreter from the repository root."""
+    return subprocess.run([sys.executable, '-m', 'ssps_nni.cli', command, *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 

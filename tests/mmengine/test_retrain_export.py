@@ -1,8 +1,8 @@
 """From policy to deployable model on real CIFAR-10: search -> retrain -> ONNX -> onnxruntime.
 
-The policy is the tiny search's (``full_run``, ``tools/search.py``). ``tools/train.py --policy``
+The policy is the tiny search's (``full_run``, ``ssps search``). ``ssps train --policy``
 retrains it for one short epoch from the search checkpoint (its per-candidate step sizes do not
-fit the fixed model, so they are recalibrated); ``tools/export.py --config`` exports the
+fit the fixed model, so they are recalibrated); ``ssps export --config`` exports the
 retrained mmengine checkpoint; onnxruntime then runs the 1,000 test images of the shipped subset
 and is compared with the PyTorch fake-quantized model, built independently from the config, the
 policy and the checkpoint (``load_state_dict(strict=True)``).

@@ -1,6 +1,6 @@
-"""The main job, ``tools/search.py``: a tiny search end to end, resume, and bad input; the one-shot
+"""The main job, ``ssps search``: a tiny search end to end, resume, and bad input; the one-shot
 methods (``--method sensitivity`` / ``random``) on the shipped subset config, their policy
-retrained by ``tools/train.py``, and their options' bad input.
+retrained by ``ssps train``, and their options' bad input.
 
 The end-to-end and resume runs use fresh interpreters (the real command line); the bad-input
 cases call ``main(argv)`` in-process, since they stop before training.
@@ -148,7 +148,7 @@ def fp32_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def one_shot_runs(tmp_path_factory, fp32_checkpoint):
-    """``tools/search.py --method M`` on the shipped subset config at W3A3 (4 sensitivity batches)."""
+    """``ssps search --method M`` on the shipped subset config at W3A3 (4 sensitivity batches)."""
     runs = {}
     for method in ONE_SHOT:
         work_dir = tmp_path_factory.mktemp(f'{method}_run')
@@ -167,7 +167,7 @@ def test_one_shot_method_writes_a_policy_that_fills_the_budget(one_shot_runs, fp
     data = json.loads((work_dir / 'policy.json').read_text())
     totals = data['totals']['bitops']
     assert 0.97 <= totals['policy'] / totals['target'] <= 1.0 + 1e-9
-    policy = load_policy(work_dir / 'policy.json')  # valid, as tools/train.py and tools/export.py read it
+    policy = load_policy(work_dir / 'policy.json')  # valid, as ssps train and ssps export read it
     assert len(_searched(policy)) == 18
     assert policy.layers['backbone.conv1']['pinned'] and policy.layers['head.fc']['pinned']
     assert (work_dir / 'policy.png').stat().st_size > 0
@@ -187,7 +187,7 @@ def test_random_policy_depends_on_the_seed(one_shot_runs, fp32_checkpoint, tmp_p
 
 
 def test_train_tool_retrains_a_one_shot_policy(one_shot_runs, fp32_checkpoint, tmp_path):
-    """``tools/train.py --policy`` takes the policy unchanged (one epoch on 25 images, 20 test images)."""
+    """``ssps train --policy`` takes the policy unchanged (one epoch on 25 images, 20 test images)."""
     policy = one_shot_runs['sensitivity'] / 'policy.json'
     indices = '[' + ','.join(map(str, range(0, 5000, 200))) + ']'
     test = '[' + ','.join(map(str, range(0, 1000, 50))) + ']'
@@ -216,7 +216,7 @@ METHOD_INPUT = [
 def test_bad_method_options_exit_2(search_tool, tiny_config, tmp_path, capsys, args, message):
     code = search_tool.main([str(tiny_config), '--work-dir', str(tmp_path), *args])
     err = capsys.readouterr().err
-    assert code == 2 and message in err and 'search.py: error:' in err and 'Traceback' not in err
+    assert code == 2 and message in err and 'ssps search: error:' in err and 'Traceback' not in err
     assert not (tmp_path / 'policy.json').exists()
 
 
@@ -226,7 +226,7 @@ def test_unknown_method_and_bad_batches_from_the_command_line(tiny_config, tmp_p
                           (['--method', 'sensitivity', '--sensitivity-batches', '0'], 'must be >= 1')):
         result = run_search_tool(tiny_config, '--work-dir', tmp_path, *args)
         assert result.returncode == 2, args
-        assert message in result.stderr and 'search.py: error:' in result.stderr
+        assert message in result.stderr and 'ssps search: error:' in result.stderr
         assert 'Traceback' not in result.stderr
     assert not (tmp_path / 'policy.json').exists()
 

@@ -1,4 +1,4 @@
-"""``tools/train.py`` and ``QuantPolicyHook``: one schedule for every mode, uniform bits, bad input.
+"""``ssps train`` and ``QuantPolicyHook``: one schedule for every mode, uniform bits, bad input.
 
 These stop before training (the config is resolved and the model built, no Runner), so they
 call ``main(argv)`` in-process. The retraining itself runs in ``test_retrain_export.py``.
@@ -115,6 +115,6 @@ def test_bad_input_exits_2_before_training(train_tool, tiny_config, tmp_path, ca
     code = train_tool.main([str(tiny_config), '--work-dir', str(work_dir), *args])
     err = capsys.readouterr().err
     assert code == 2, err
-    assert err.startswith('train.py: error: ') and err.count('\n') == 1, err
+    assert err.startswith('ssps train: error: ') and err.count('\n') == 1, err
     assert message in err and 'Traceback' not in err
     assert not work_dir.exists()  # refused before the runner was built

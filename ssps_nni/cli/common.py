@@ -1,0 +1,220 @@
+"""What the commands share: the one input error, the repository paths and the argument vocabulary.
+
+Only the standard library is imported here, so that ``--help`` and refusals of malformed input
+answer before torch, mmengine or the OpenMMLab packages load (each import costs seconds on a
+small CPU). Heavier checks import what they need inside the function.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import sys
+from pathlib import Path
+
+#: The repository a checkout's editable install runs from (``ssps_nni/`` is inside it).
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / 'mmdet_configs'
+DEFAULT_CONFIG = CONFIGS / 'cifar10_resnet20_ssps_subset.py'
+DEFAULT_CONFIG_NAME = 'mmdet_configs/cifar10_resnet20_ssps_subset.py'
+CANDIDATE_FORM = 'comma-separated integer bit-widths in 2..32, e.g. 2,3,4,6,8 (32 = not quantized)'
+#: Shown by ``--help``; ``ssps_nni.cost.BUDGET_FORMS`` is the parser's own list (imports torch).
+BUDGET_HELP = ('hardware budget(s), comma-separated, e.g. bitops=W4A4, bitops=1.2G, size=1.5MB, '
+               'bitfusion=W4A4, lut=3.5 or bitops=W4A4,size=1.5MB')
+
+
+class InputError(Exception):
+    """Bad command-line or config input; the command prints the message as one line and exits 2."""
+
+
+def fail(prog: str, err: BaseException) -> int:
+    """Print ``PROG: error: MESSAGE`` as one line on stderr (argparse's form); return the exit status.
+
+    Returns:
+        ``err.exit_status`` where the error has one (``ssps_nni.errors``: 3 for a diverged
+        search), else 2 (bad input, as argparse).
+    """
+    message = ' '.join(str(err).split())  # one line, whatever the message's own line breaks
+    print(f'{prog}: error: {message}', file=sys.stderr)
+    return int(getattr(err, 'exit_status', 2))
+
+
+def repo_path(*parts: str, what: str) -> Path:
+    """A path inside the repository checkout, refused clearly when the checkout is not there.
+
+    Args:
+        parts: path parts below the repository root (e.g. ``'mmdet_configs', 'x.py'``).
+        what: what the path is for, for the message.
+
+    Raises:
+        InputError: the path does not exist (for example ssps-nni installed without its repository).
+    """
+    path = REPO.joinpath(*parts)
+    if not path.exists():
+        raise InputError(f'{what} {path} does not exist: it ships with the ssps-nni repository '
+                         f'(mmdet_configs/, data/, checkpoints/), which this installation at {REPO} '
+                         'does not have; run from a checkout of the repository, or give the path explicitly')
+    return path
+
+
+def config_path(config: str | None) -> str:
+    """The config to run: ``config`` as given, or the default run's config of the repository.
+
+    Raises:
+        InputError: the given file does not exist, or no config was given and the repository's
+            ``mmdet_configs/`` is missing.
+    """
+    if config is None:
+        return str(repo_path('mmdet_configs', DEFAULT_CONFIG.name, what='the default config'))
+    if not osp.isfile(config):
+        raise InputError(f'config file {config!r} does not exist (relative to {os.getcwd()}); give a path to an '
+                         f'mmengine config, or none for {DEFAULT_CONFIG_NAME}')
+    return config
+
+
+class _CfgOptions(argparse.Action):
+    """mmengine's ``DictAction`` (``KEY=VALUE`` with lists and tuples), imported only when used."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from mmengine.config import DictAction
+
+        DictAction(self.option_strings, self.dest)(parser, namespace, values, option_string)
+
+
+# -- the shared argument vocabulary ----------------------------------------------------------------
+
+def add_config(parser: argparse.ArgumentParser) -> None:
+    """Positional ``CONFIG`` (optional; None means the default run's config)."""
+    parser.add_argument('config', nargs='?', default=None, metavar='CONFIG',
+                        help=f'mmengine config file (default: {DEFAULT_CONFIG_NAME} of the repository)')
+
+
+def add_work_dir(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument('--work-dir', help=f'output folder (default: {default})')
+
+
+def add_seed(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument('--seed', type=int, help=f'random seed of {what}')
+
+
+def add_load_from(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument('--load-from', metavar='PTH', help=f'checkpoint to start from ({what})')
+
+
+def add_cfg_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--cfg-options', nargs='+', action=_CfgOptions, metavar='KEY=VALUE',
+                        help='override config entries, e.g. train_cfg.max_epochs=2')
+
+
+def add_budget(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--budget', help=BUDGET_HELP)
+
+
+def add_candidates(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--candidates', help=f'candidate bit-widths: {CANDIDATE_FORM}')
+
+
+# -- checks of the shared arguments ----------------------------------------------------------------
+
+def parse_candidates(text: str) -> tuple[int, ...]:
+    """``'2,4,8'`` -> ``(2, 4, 8)``: the bit-widths of weights and activations alike.
+
+    Raises:
+        InputError: not integers, empty, or a bit-width outside 2..32 (weights need 2 bits).
+    """
+    try:
+        values = tuple(int(v) for v in text.split(',') if v.strip())
+    except ValueError:
+        raise InputError(f'--candidates {text!r} is not a list of bit-widths; accepted: {CANDIDATE_FORM}') from None
+    if not values:
+        raise InputError(f'--candidates is empty; accepted: {CANDIDATE_FORM}')
+    bad = [v for v in values if not 2 <= v <= 32]
+    if bad:
+        raise InputError(f'--candidates {text!r} has bit-width {bad[0]} outside 2..32; accepted: {CANDIDATE_FORM}')
+    return values
+
+
+def check_budget(text: str) -> None:
+    """Parse ``--budget`` with the core's parser (:func:`ssps_nni.cost.parse_budgets`, docs/algorithm.md §4).
+
+    Imports torch (the core's cost module), not the training stack.
+
+    Raises:
+        InputError: malformed, unknown cost, two budgets on one cost (the core's message).
+    """
+    from ssps_nni.cost import parse_budgets
+    from ssps_nni.errors import SSPSError
+
+    try:
+        parse_budgets(text)
+    except SSPSError as err:
+        raise InputError(f'--budget: {err}') from None
+
+
+def dataset_paths(dataset) -> list[tuple[str, str]]:
+    """``(key, path)`` of the local data a dataset config points at (wrappers included)."""
+    if not isinstance(dataset, dict):
+        return []
+    found = []
+    if dataset.get('data_root'):
+        found.append(('data_root', str(dataset['data_root'])))
+    elif isinstance(dataset.get('data_prefix'), str) and dataset['data_prefix']:
+        found.append(('data_prefix', dataset['data_prefix']))
+    if dataset.get('archive'):
+        found.append(('archive', str(dataset['archive'])))
+    for key in ('dataset', 'datasets'):
+        inner = dataset.get(key)
+        for sub in inner if isinstance(inner, (list, tuple)) else [inner]:
+            found += dataset_paths(sub)
+    return found
+
+
+def check_data_paths(cfg) -> None:
+    """Every local data path of the train/val/test dataloaders exists (no data is downloaded).
+
+    Raises:
+        InputError: the first missing path, with the ``--cfg-options`` key that sets it.
+    """
+    for split in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(split, None)
+        for key, path in dataset_paths(loader.get('dataset') if isinstance(loader, dict) else None):
+            if not osp.exists(path):
+                raise InputError(
+                    f'{split}.dataset.{key} = {path!r} does not exist (relative to {os.getcwd()}). '
+                    f'Set it to your local copy with --cfg-options {split}.dataset.{key}=PATH, or give no '
+                    'CONFIG to use the shipped CIFAR-10 subset. No data is downloaded: there is no network.')
+
+
+def check_load_from(load_from, hint: str) -> None:
+    """``load_from`` is a local PyTorch checkpoint (or unset).
+
+    Args:
+        hint: what to give instead, appended to the message.
+
+    Raises:
+        InputError: not a local file (URLs are not fetched), or not a checkpoint.
+    """
+    if not load_from:
+        return
+    if not osp.isfile(load_from):
+        raise InputError(f'load_from = {load_from!r} is not a local file (URLs are not fetched: no network). {hint}')
+    from ssps_nni.checkpoint import checkpoint_problem
+
+    problem = checkpoint_problem(load_from)
+    if problem:
+        raise InputError(f'load_from: {problem}. {hint}')
+
+
+def add_ssps_imports(cfg) -> None:
+    """Add ``ssps_nni.mmengine`` to the config's ``custom_imports`` (its hooks and registrations)."""
+    custom_imports = cfg.get('custom_imports', None) or dict(imports=[], allow_failed_imports=False)
+    if 'ssps_nni.mmengine' not in custom_imports.get('imports', []):
+        custom_imports['imports'] = list(custom_imports.get('imports', [])) + ['ssps_nni.mmengine']
+    cfg.custom_imports = custom_imports
+
+
+def default_work_dir(cfg, config: str, suffix: str = '') -> str:
+    """``cfg.work_dir`` if the config sets one, else ``work_dirs/<config name><suffix>``."""
+    if cfg.get('work_dir', None) is not None:
+        return cfg.work_dir
+    return osp.join('./work_dirs', osp.splitext(osp.basename(config))[0] + suffix)

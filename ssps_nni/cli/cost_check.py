@@ -1,0 +1,183 @@
+"""An unreachable budget refused before the runner, and fast from the second time on.
+
+Whether a budget can be met depends on the model's layer profile: the MACs and parameter counts
+of every converted layer on the training data, and which layers are searched or pinned
+(docs/algorithm.md §4). ``SSPSHook.before_train`` measures it on its calibration samples and
+refuses an unreachable budget (``ssps_nni.decider.check_reachable``), but only after the runner
+is built, minutes into a large job. ``ssps search`` measures the same profile first, with the
+model built by the registries alone and the hook's own calibration samples (same seed, same
+count), and refuses with the same check and message.
+
+Building any OpenMMLab model imports mmpretrain/mmdet/torchvision, which takes longer than the
+rest of the check together (about 5-10 s on 2 CPU cores), so the profile is kept in a cache
+file keyed by everything it depends on: the resolved ``model``, ``data_preprocessor`` and train
+dataset configs, the hook's layer-selection and calibration options, the versions of torch and
+the OpenMMLab packages, the source of ``ssps_nni`` and the data files' sizes and times. A cached
+profile is read with torch alone; the budget, candidates and cost options are applied to it on
+every call, so one profile serves every budget.
+
+Cache folder: ``$SSPS_CACHE_DIR``, else ``$XDG_CACHE_HOME/ssps-nni``, else ``~/.cache/ssps-nni``
+(``profiles/<key>.json``; delete it to measure again). A cache that cannot be written is skipped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, fields
+from importlib import metadata
+from pathlib import Path
+
+from .common import InputError, dataset_paths
+
+#: Hook options that decide which layers are searched or pinned, and on which samples they are profiled.
+PROFILE_OPTIONS = ('include', 'exclude', 'pinned', 'pinned_bits', 'calib_batches', 'calib_batch_size', 'seed')
+#: Options of the search length: no part of whether a budget can be met.
+LENGTH_OPTIONS = ('total_steps', 'warmup_steps', 'interval')
+PACKAGES = ('torch', 'torchvision', 'mmcv', 'mmengine', 'mmpretrain', 'mmdet')
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def cache_dir() -> Path:
+    """Where profiles are kept (see the module docstring)."""
+    if os.environ.get('SSPS_CACHE_DIR'):
+        return Path(os.environ['SSPS_CACHE_DIR'])
+    base = os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache'
+    return Path(base) / 'ssps-nni'
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _source_hash() -> str:
+    """sha1 of the package's Python source (an editable install keeps its version while its code changes)."""
+    digest = hashlib.sha1()
+    for path in sorted(PACKAGE_DIR.rglob('*.py')):
+        digest.update(str(path.relative_to(PACKAGE_DIR)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _plain(value):
+    """ConfigDicts as plain dicts, for a stable JSON key."""
+    return value.to_dict() if hasattr(value, 'to_dict') else value
+
+
+def profile_key(cfg, options: dict) -> str:
+    """The cache key of the layer profile of ``cfg``'s model with the hook ``options``."""
+    loader = cfg.get('train_dataloader', None) or {}
+    data = []
+    for _, path in dataset_paths(_plain(loader.get('dataset'))):
+        try:
+            stat = os.stat(path)
+            data.append((path, stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            data.append((path, None, None))
+    parts = {
+        'model': _plain(cfg.get('model', None)), 'data_preprocessor': _plain(cfg.get('data_preprocessor', None)),
+        'default_scope': cfg.get('default_scope', None),
+        'train_dataloader': {k: _plain(loader.get(k)) for k in ('dataset', 'batch_size', 'collate_fn')},
+        'options': {k: options.get(k) for k in PROFILE_OPTIONS}, 'data': data,
+        'packages': {name: _version(name) for name in PACKAGES}, 'source': _source_hash(),
+    }
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def read_profile(key: str) -> dict | None:
+    """The cached profile record of ``key``, or None (missing or unreadable)."""
+    try:
+        record = json.loads((cache_dir() / 'profiles' / f'{key}.json').read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get('key') == key else None
+
+
+def write_profile(record: dict) -> None:
+    """Keep ``record`` in the cache (atomically); a cache that cannot be written is skipped."""
+    folder = cache_dir() / 'profiles'
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f'.{record["key"]}.{os.getpid()}.tmp'
+        tmp.write_text(json.dumps(record) + '\n')
+        os.replace(tmp, folder / f'{record["key"]}.json')
+    except OSError:
+        pass
+
+
+def measure_profile(cfg, hook, key: str) -> dict:
+    """Profile ``cfg``'s model as ``SSPSHook.before_train`` does, without a runner.
+
+    The model is built through the registries (no weights loaded: they do not change MACs),
+    converted with the hook's options, and run in float on the hook's calibration samples
+    (``calibration_loader`` with the hook's count, batch size and seed) in the config's scope.
+
+    Returns:
+        ``{'key', 'profiles': {layer: LayerProfile fields}, 'searched': [...], 'pinned':
+        {layer: [w, a]}, 'samples': int}``.
+    """
+    from mmengine.registry import DefaultScope
+    from mmengine.runner import Runner
+
+    from ssps_nni.errors import BudgetError
+    from ssps_nni.mmengine.calibration import calibration_loader, forward_fn, preserved_rng
+    from ssps_nni.mmengine.qat import build_model_from_cfg
+    from ssps_nni.search import SSPSSearch
+
+    from .search import search_total_steps
+
+    loader_cfg = dict(cfg.train_dataloader, num_workers=0, persistent_workers=False)
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', None)), preserved_rng():
+        loader = Runner.build_dataloader(loader_cfg, seed=0)
+        model = build_model_from_cfg(cfg)
+        search = SSPSSearch(model, hook.search_config(search_total_steps(hook)))
+        run, num_samples = forward_fn(model, calibration_loader(loader, hook.calib_batches, hook.calib_batch_size,
+                                                                seed=search.config.seed))
+        try:
+            search.prepare(run, num_samples, calibrate=False)
+        except BudgetError:
+            pass  # the profile is measured; check() gives the verdict for any budget
+    space = search.space
+    return {'key': key, 'profiles': {n: asdict(p) for n, p in search.profiles.items()},
+            'searched': list(space.searched), 'pinned': {n: list(b) for n, b in space.pinned.items()},
+            'samples': num_samples}
+
+
+def check(record: dict, options: dict) -> None:
+    """The hook's budget check (``ssps_nni.decider.check_reachable``) on a profile record.
+
+    ``options`` are the hook's: budget, candidates, a_candidates and cost_options (with the
+    defaults of ``ssps_nni.search.SearchConfig``) are applied to the record here.
+
+    Raises:
+        InputError: a budget below the cheapest policy (the core's message).
+        SSPSError, ValueError: options the core refuses.
+    """
+    import torch
+
+    from ssps_nni.convert import check_candidates
+    from ssps_nni.cost import LayerProfile, SpaceCost, build_cost_model
+    from ssps_nni.decider import Constraint, check_reachable
+    from ssps_nni.errors import BudgetError
+    from ssps_nni.search import SearchConfig
+
+    known = {f.name for f in fields(SearchConfig)} - set(LENGTH_OPTIONS)
+    config = SearchConfig.from_dict({k: v for k, v in options.items() if k in known})
+    w_c = check_candidates(config.candidates, 'weight')
+    a_c = check_candidates(w_c if config.a_candidates is None else config.a_candidates, 'activation')
+    profiles = {n: LayerProfile(**p) for n, p in record['profiles'].items()}
+    searched, pinned = record['searched'], {n: tuple(b) for n, b in record['pinned'].items()}
+    constraints = []
+    for budget in config.budgets:
+        cost = SpaceCost(build_cost_model(budget.cost, **config.cost_options.get(budget.cost, {})),
+                         profiles, searched, pinned, w_c, a_c)
+        constraints.append(Constraint(cost, budget.target(cost), budget.spec))
+    masks_w = torch.ones(len(searched), len(w_c), dtype=torch.bool)
+    masks_a = torch.ones(len(searched), len(a_c), dtype=torch.bool)
+    try:
+        check_reachable(constraints, masks_w, masks_a)
+    except BudgetError as err:
+        raise InputError(str(err)) from None

@@ -1,0 +1,189 @@
+"""``ssps export``: a searched policy as a deployable ONNX model (docs/algorithm.md §8).
+
+Builds the float model, applies the policy (every layer at its fixed bits), loads the checkpoint
+(of the retrained fixed model, of the search supernet, or a float one plus ``--calibrate``) and
+writes an ONNX file with QuantizeLinear/DequantizeLinear pairs; optionally also the NNI
+``config_list`` of the policy.
+
+Example::
+
+    ssps export --policy work_dirs/policy.json --checkpoint work_dirs/qat.pth \\
+        --model resnet20 --output resnet20_mp.onnx --nni-config config_list.json
+
+``--model`` names a builder in ``ssps_nni.models`` (``resnet20``) or in ``torchvision.models``
+(``resnet18``, ``mobilenet_v2``, ...), built without weights. ``--config`` instead builds the
+``model`` of an mmengine config (e.g. mmpretrain's ``ImageClassifier`` with ``ResNet20CIFAR``), for
+a checkpoint written by ``ssps train``; its ONNX graph is ``forward(mode='tensor')`` (logits),
+on inputs normalised as the config's ``data_preprocessor`` does::
+
+    ssps export --config mmdet_configs/cifar10_resnet20_ssps_subset.py \\
+        --policy work_dirs/search/policy.json --checkpoint work_dirs/qat/epoch_6.pth --output r20.onnx
+
+Exit status: 0 on success, 2 on bad input (unreadable policy, missing checkpoint, undecided or
+uncalibrated layers), with one ``ssps export: error:`` line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import SSPSError
+from .common import InputError, fail
+
+PROG = 'ssps export'
+#: mmpretrain's CIFAR-10 normalisation (RGB, 0..255), used by ``--calibrate``.
+CIFAR_MEAN = (125.307, 122.961, 113.8575)
+CIFAR_STD = (51.5865, 50.847, 51.255)
+
+
+def build_model(name: str, num_classes: int):
+    """Build ``name`` from ``ssps_nni.models`` or ``torchvision.models`` without weights.
+
+    Raises:
+        InputError: neither has a builder of that name.
+    """
+    from ssps_nni import models as ours
+
+    builder = getattr(ours, name, None) if not name.startswith("_") else None
+    if callable(builder):
+        return builder(num_classes=num_classes)
+    import torchvision
+
+    try:
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    except ValueError:
+        raise InputError(f"unknown model {name!r}: give a builder of ssps_nni.models (e.g. resnet20) "
+                         "or a torchvision.models name (e.g. resnet18)") from None
+
+
+def build_config_model(path: str):
+    """The ``model`` of an mmengine config, built through its registries without weights.
+
+    Raises:
+        InputError: the config file does not exist.
+    """
+    if not Path(path).is_file():
+        raise InputError(f"config not found: {path}")
+    from mmengine.config import Config
+
+    import ssps_nni.mmengine  # noqa: F401  (registries, torch safe globals)
+    from ssps_nni.mmengine.qat import build_model_from_cfg
+
+    return build_model_from_cfg(Config.fromfile(path))
+
+
+def read_checkpoint(path: str, trust: bool) -> dict:
+    """The ``state_dict`` of a checkpoint file (plain, ``{'state_dict': ...}`` or ``{'model': ...}``).
+
+    Raises:
+        InputError: missing, unreadable (``--trust-checkpoint`` unpickles other objects) or no tensors.
+    """
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=not trust)
+    except Exception as err:  # noqa: BLE001 - pickle errors come in many types
+        hint = "" if trust else " (if you trust the file, add --trust-checkpoint to unpickle other objects)"
+        raise InputError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}{hint}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
+            ckpt = ckpt[key]
+            break
+    if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise InputError(f"checkpoint {path} holds no state_dict of tensors")
+    return ckpt
+
+
+def cifar_batches(count: int, batch: int = 100):
+    """``count`` normalised CIFAR-10 training images of the shipped subset, ``(B, 3, 32, 32)``."""
+    import numpy as np
+    import torch
+
+    from ssps_nni.data import load_cifar10_subset
+
+    items = load_cifar10_subset("train")[:count]
+    mean = np.asarray(CIFAR_MEAN, dtype=np.float32)
+    std = np.asarray(CIFAR_STD, dtype=np.float32)
+    for i in range(0, len(items), batch):
+        imgs = np.stack([it["img"] for it in items[i:i + batch]]).astype(np.float32)
+        yield torch.from_numpy(((imgs - mean) / std).transpose(0, 3, 1, 2).copy())
+
+
+def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
+    """The command line; argparse exits with status 2 on a malformed one."""
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--policy", required=True, help="policy.json written by the search")
+    ap.add_argument("--checkpoint", required=True, help="weights (fixed-model, supernet or float state_dict)")
+    ap.add_argument("--output", required=True, help="ONNX file to write")
+    ap.add_argument("--model", default="resnet20", help="model builder name (default: resnet20)")
+    ap.add_argument("--config", default=None,
+                    help="mmengine config whose model to build instead of --model (checkpoints of ssps train)")
+    ap.add_argument("--num-classes", type=int, default=10)
+    ap.add_argument("--input-shape", default="1,3,32,32", help="example input N,C,H,W (default 1,3,32,32)")
+    ap.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17, at least 13)")
+    ap.add_argument("--calibrate", type=int, default=0, metavar="N",
+                    help="initialise missing step sizes from N CIFAR-10 training images of the shipped subset")
+    ap.add_argument("--nni-config", default=None, help="also write the NNI config_list (JSON) here")
+    ap.add_argument("--trust-checkpoint", action="store_true", help="torch.load with weights_only=False")
+    return ap.parse_args(argv)
+
+
+def input_shape(text: str) -> tuple[int, ...]:
+    """``'1,3,32,32'`` -> ``(1, 3, 32, 32)``; raises ``InputError`` for anything else."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--input-shape must be comma-separated integers, got {text!r}") from None
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Export as the options say; returns the ONNX path. Raises ``InputError`` or ``SSPSError``."""
+    shape = input_shape(args.input_shape)
+    import torch
+
+    from ssps_nni.calibrate import calibrate_cells
+    from ssps_nni.checkpoint import load_fixed_state
+    from ssps_nni.export import DEFAULT_OPSET, export_onnx
+    from ssps_nni.policy import apply_policy, atomic_write, load_policy
+
+    policy = load_policy(args.policy)
+    if args.config:
+        model = build_config_model(args.config)  # before reading: registers mmengine's safe globals
+    state = read_checkpoint(args.checkpoint, args.trust_checkpoint)
+    if not args.config:
+        model = build_model(args.model, args.num_classes)
+    apply_policy(model, policy)
+    uncalibrated = load_fixed_state(model, state, policy)
+    if uncalibrated:
+        if args.calibrate <= 0:
+            raise InputError(
+                f"the checkpoint has no step sizes for {len(uncalibrated)} quantized layers "
+                f"({', '.join(uncalibrated[:4])}{' ...' if len(uncalibrated) > 4 else ''}); "
+                "export the retrained fixed model's checkpoint, or pass --calibrate N"
+            )
+        calibrate_cells(model, cifar_batches(args.calibrate), uncalibrated)
+    model.eval()
+    out = export_onnx(model, torch.zeros(shape), args.output, opset=args.opset or DEFAULT_OPSET,
+                      metadata={"ssps.policy": str(Path(args.policy).name),
+                                "ssps.model": args.model if not args.config else Path(args.config).name})
+    if args.nni_config:
+        from ssps_nni.nni.config_list import policy_to_nni_config_list  # imports NNI: only when asked
+
+        atomic_write(args.nni_config, json.dumps(policy_to_nni_config_list(policy), indent=2) + "\n")
+    return out
+
+
+def main(argv=None, prog: str = PROG) -> int:
+    """Run ``ssps export``; returns the exit status (0 done, 2 bad input)."""
+    args = parse_args(argv, prog)
+    try:
+        out = run(args)
+    except (InputError, SSPSError) as err:
+        return fail(prog, err)
+    print(f"wrote {out}")
+    return 0

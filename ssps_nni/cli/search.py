@@ -1,0 +1,397 @@
+"""``ssps search``: a mixed-precision quantization policy for an mmengine config (the main job).
+
+    ssps search                       # ResNet-20 on the shipped real CIFAR-10 subset
+    ssps search CONFIG [--budget bitops=W4A4] [--candidates 2,3,4,6,8]
+        [--work-dir DIR] [--resume] [--seed N] [--load-from PTH] [--cfg-options KEY=VALUE ...]
+        [--method ssps|sensitivity|random] [--sensitivity-batches N]
+
+Built on mmengine's ``Config`` and ``Runner`` like mmpretrain's ``tools/train.py``; the search
+itself is the config's ``SSPSHook`` (added with defaults when the config has none). Inputs are
+checked before the runner is built, the cheap ones before torch and mmengine are imported, and
+an unreachable budget from the model's layer profile (``ssps_nni.cli.cost_check``, cached); bad
+input exits with status 2 and one ``ssps search: error:`` line, no traceback and no
+``policy.json`` (a search whose loss became NaN/inf exits with status 3). At the end it prints
+the policy table, its cost, the target and the reference costs (FP32, W8A8, all-minimum,
+all-maximum).
+
+``--method`` picks how the policy is found (the same ``WORK_DIR/policy.json`` either way, so
+``ssps train --policy`` and ``ssps export`` take it unchanged):
+
+``ssps`` (default)
+    the SSPS search: the config's training run with its ``SSPSHook``.
+``sensitivity``
+    no training: the model (``load_from`` if set) is converted and calibrated as the search
+    would (same layers, candidates and budget: the config's ``SSPSHook`` options), each
+    layer's sensitivity to its bit-widths is measured on ``--sensitivity-batches`` training
+    batches, and the policy that fills the budget by sensitivity is taken
+    (``ssps_nni.sensitivity``, docs/algorithm.md §10).
+``random``
+    the same set-up, then a random policy within the budget (``--seed``).
+"""
+from __future__ import annotations
+
+import argparse
+import os.path as osp
+import time
+from pathlib import Path
+
+from ..errors import SSPSError
+from .common import (DEFAULT_CONFIG_NAME, InputError, add_budget, add_candidates, add_cfg_options, add_config,
+                     add_load_from, add_seed, add_ssps_imports, add_work_dir, check_budget, check_data_paths,
+                     check_load_from, config_path, default_work_dir, fail, parse_candidates)
+
+PROG = 'ssps search'
+METHODS = ('ssps', 'sensitivity', 'random')
+DEFAULT_SENSITIVITY_BATCHES = 128
+SSPS_TYPES = ('SSPSHook', 'ssps_nni.mmengine.SSPSHook')
+
+
+def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
+    """The command line; argparse exits with status 2 on a malformed one."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description='SSPS mixed-precision policy search on an mmengine config. With no CONFIG: '
+                    f'ResNet-20 on the shipped real CIFAR-10 subset ({DEFAULT_CONFIG_NAME}, a few minutes on CPU).')
+    add_config(parser)
+    add_budget(parser)
+    add_candidates(parser)
+    add_work_dir(parser, 'work_dirs/<config name>')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue the search from the latest checkpoint in the work dir')
+    add_seed(parser, 'the run and of the path sampler')
+    add_load_from(parser, 'full-precision or SSPS')
+    add_cfg_options(parser)
+    parser.add_argument('--method', choices=METHODS, default='ssps',
+                        help='ssps: the SSPS search (default); sensitivity: per-layer sensitivity on '
+                             'training batches, no training; random: a random policy within the budget')
+    parser.add_argument('--sensitivity-batches', type=int, metavar='N',
+                        help=f'training batches the sensitivity method measures on (default '
+                             f'{DEFAULT_SENSITIVITY_BATCHES}; --method sensitivity only)')
+    return parser.parse_args(argv)
+
+
+def check_args(args) -> None:
+    """The checks that need no import: ``--method`` and its options, ``--candidates``, then
+    ``--budget`` (the core's parser, which imports torch). Fills the ``--sensitivity-batches`` default.
+
+    Raises:
+        InputError: ``--sensitivity-batches`` below 1 or without ``--method sensitivity``;
+            ``--resume`` with a method that has no search to resume; malformed candidates or budget.
+    """
+    if args.sensitivity_batches is not None:
+        if args.method != 'sensitivity':
+            raise InputError(f'--sensitivity-batches is used only by --method sensitivity '
+                             f'(this run: --method {args.method})')
+        if args.sensitivity_batches < 1:
+            raise InputError(f'--sensitivity-batches must be >= 1 (training batches to measure on), '
+                             f'got {args.sensitivity_batches}')
+    elif args.method == 'sensitivity':
+        args.sensitivity_batches = DEFAULT_SENSITIVITY_BATCHES
+    if args.resume and args.method != 'ssps':
+        raise InputError(f'--resume continues an interrupted SSPS search; --method {args.method} does not '
+                         'train and has nothing to resume (leave out --resume)')
+    if args.candidates is not None:
+        parse_candidates(args.candidates)
+    if args.budget is not None:
+        check_budget(args.budget)
+
+
+def ssps_hook_cfg(cfg) -> dict:
+    """The config's ``SSPSHook`` entry, appended with defaults when there is none."""
+    hooks = list(cfg.get('custom_hooks', None) or [])
+    for hook in hooks:
+        if hook.get('type') in SSPS_TYPES:
+            cfg.custom_hooks = hooks
+            return hook
+    hooks.append(dict(type='SSPSHook'))
+    cfg.custom_hooks = hooks
+    return hooks[-1]
+
+
+def apply_args(cfg, args) -> None:
+    """Put the command-line options into ``cfg`` (CLI > config)."""
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    add_ssps_imports(cfg)
+    hook = ssps_hook_cfg(cfg)
+    if args.budget is not None:
+        hook['budget'] = args.budget
+    if args.candidates is not None:
+        hook['candidates'] = parse_candidates(args.candidates)
+    if args.seed is not None:
+        cfg.randomness = dict(cfg.get('randomness', None) or {}, seed=args.seed)
+        hook['seed'] = args.seed
+    cfg.work_dir = args.work_dir if args.work_dir is not None else default_work_dir(cfg, args.config)
+    if args.load_from is not None:
+        cfg.load_from = args.load_from
+    if args.resume:
+        cfg.resume = True
+        if args.load_from is None:
+            # the config's start weights are not where a search continues: mmengine resumes from
+            # load_from when it is set, so clear it to resume from the work dir's latest checkpoint
+            cfg.load_from = None
+
+
+def build_config(args):
+    """The resolved config of this run (CLI > config), before :func:`validate`.
+
+    ``args.config`` None becomes the default run's config (``mmdet_configs/`` of the repository).
+    The config's ``custom_imports`` are not imported yet (that loads the training stack):
+    :func:`import_custom` does it once the cheap checks have passed.
+
+    Raises:
+        InputError: the config file does not exist.
+    """
+    from mmengine.config import Config
+
+    args.config = config_path(args.config)
+    cfg = Config.fromfile(args.config, import_custom_modules=False)
+    apply_args(cfg, args)
+    return cfg
+
+
+def import_custom(cfg) -> None:
+    """Import the config's ``custom_imports`` (``ssps_nni.mmengine`` among them), as ``Config.fromfile`` would."""
+    from mmengine.utils import import_modules_from_strings
+
+    if cfg.get('custom_imports', None):
+        import_modules_from_strings(**cfg.custom_imports)
+
+
+def hook_options(cfg) -> dict:
+    """The keyword arguments of the config's ``SSPSHook``."""
+    return {k: v for k, v in ssps_hook_cfg(cfg).items() if k not in ('type', 'priority')}
+
+
+def build_hook(cfg):
+    """The ``SSPSHook`` of the config, constructed (its options are checked at construction).
+
+    Raises:
+        InputError: an option the hook refuses (the core's message).
+    """
+    import_custom(cfg)
+    from ssps_nni.mmengine import SSPSHook  # also when the config does not import it
+
+    try:
+        return SSPSHook(**hook_options(cfg))
+    except (SSPSError, ValueError, TypeError) as err:
+        raise InputError(f'invalid SSPS option: {err}') from None
+
+
+def check_inputs(cfg) -> None:
+    """The data paths and ``load_from`` exist (no training stack imported).
+
+    Raises:
+        InputError: the first missing path, or a ``load_from`` that is no checkpoint.
+    """
+    check_data_paths(cfg)
+    check_load_from(cfg.get('load_from', None),
+                    'Give the path of a full-precision checkpoint of this model (--load-from PTH), or '
+                    '--cfg-options load_from=None to search from the initial weights.')
+
+
+def validate(cfg) -> None:
+    """Check the SSPS options, data paths and ``load_from`` before building the runner.
+
+    Raises:
+        InputError: with a one-paragraph message naming what is accepted.
+    """
+    build_hook(cfg)
+    check_inputs(cfg)
+
+
+def check_resume(cfg, args) -> None:
+    """``--resume`` has a checkpoint to continue from (``load_from`` or the work dir's last one).
+
+    Raises:
+        InputError: neither is there.
+    """
+    if args.resume and cfg.get('load_from') is None and not osp.isfile(osp.join(cfg.work_dir, 'last_checkpoint')):
+        raise InputError(f'--resume found no checkpoint of an earlier search in {cfg.work_dir} '
+                         '(no last_checkpoint file); give the --work-dir of the interrupted run, '
+                         'or leave out --resume to start a new search')
+
+
+def search_total_steps(hook) -> int:
+    """A search length the hook's warm-up fits in (one-shot methods take no search step)."""
+    warmup = hook.warmup_steps
+    return int(warmup) + 1 if isinstance(warmup, int) and not isinstance(warmup, bool) else 1
+
+
+def check_budget_reachable(cfg) -> None:
+    """Refuse an unreachable budget before the runner, with the hook's own check (docs/algorithm.md §4).
+
+    The layer profile comes from the cache of :mod:`ssps_nni.cli.cost_check` (torch only), or is
+    measured as ``SSPSHook.before_train`` measures it (the model built by the registries, the
+    hook's calibration samples, no runner) and cached.
+
+    Raises:
+        InputError: a budget below the cheapest policy (with the reachable range), or an SSPS
+            option the core refuses.
+    """
+    from .cost_check import check, measure_profile, profile_key, read_profile, write_profile
+
+    options = hook_options(cfg)
+    key = profile_key(cfg, options)
+    record = read_profile(key)
+    if record is None:
+        record = measure_profile(cfg, build_hook(cfg), key)
+        write_profile(record)
+    try:
+        check(record, options)
+    except (SSPSError, ValueError, TypeError) as err:
+        raise InputError(f'invalid SSPS option: {err}') from None
+
+
+def print_result(work_dir: str) -> None:
+    """The policy table, its cost vs the target and the reference costs."""
+    from ssps_nni.mmengine.report import cost_lines
+    from ssps_nni.policy import load_policy
+
+    path = Path(work_dir) / 'policy.json'
+    policy = load_policy(path)
+    print('\n' + policy.table())
+    print()
+    for line in cost_lines(policy):
+        print(line)
+    figure = path.with_suffix('.png')
+    print(f'policy: {path}  figure: {figure if figure.is_file() else "none"}')
+
+
+# -- methods -------------------------------------------------------------------------------------
+
+def run_ssps(cfg, args) -> None:
+    """The SSPS search: the config's training run; its ``SSPSHook`` writes the policy."""
+    from mmengine.runner import Runner
+
+    Runner.from_cfg(cfg).train()
+
+
+def prepared_search(cfg):
+    """The search set-up without training: ``(runner, model, search, train_loader)``.
+
+    The runner builds the work dir, logger and model (``train()`` is not called); ``load_from``
+    is loaded into the float model; :class:`~ssps_nni.search.SSPSSearch` converts it with the
+    config's ``SSPSHook`` options and :meth:`~ssps_nni.search.SSPSSearch.prepare` profiles,
+    calibrates and checks the budget on training batches, as ``SSPSHook.before_train`` does.
+
+    Raises:
+        BudgetError: an unreachable budget.
+    """
+    from mmengine.model import is_model_wrapper
+    from mmengine.runner import Runner, load_checkpoint
+
+    from ssps_nni.mmengine.calibration import calibration_loader, forward_fn, preserved_rng
+    from ssps_nni.search import SSPSSearch
+
+    hook = build_hook(cfg)
+    runner = Runner.from_cfg(cfg)
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    if cfg.get('load_from', None):
+        runner.logger.info(f'Load checkpoint from {cfg.load_from} (into the float model)')
+        load_checkpoint(model, cfg.load_from, map_location='cpu', strict=False, logger=runner.logger)
+    search = SSPSSearch(model, hook.search_config(search_total_steps(hook)))
+    seed = search.config.seed
+    train_loader = runner.build_dataloader(cfg.train_dataloader, seed=seed)
+    run, num_samples = forward_fn(model, calibration_loader(train_loader, hook.calib_batches,
+                                                            hook.calib_batch_size, seed=seed))
+    with preserved_rng():
+        search.prepare(run, num_samples)
+    space = search.space
+    runner.logger.info(f'{len(space.cells)} layers converted ({len(space.searched)} searched, '
+                       f'{len(space.pinned)} pinned, {len(search.excluded)} excluded), calibrated on '
+                       f'{num_samples} training samples')
+    return runner, model, search, train_loader
+
+
+def cycled_batches(loader, count: int):
+    """``count`` batches of ``loader``, starting over (next epoch of its sampler) when it ends."""
+    done, epoch = 0, 0
+    while done < count:
+        if hasattr(loader.sampler, 'set_epoch'):
+            loader.sampler.set_epoch(epoch)
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+            done += 1
+            if done >= count:
+                return
+        if empty:
+            raise InputError('the training dataloader yields no batch; the sensitivity method needs training data')
+        epoch += 1
+
+
+def loss_function(model):
+    """``loss_fn(batch)``: the task loss of an mmengine model on a data batch (training mode)."""
+
+    def loss_fn(batch):
+        data = model.data_preprocessor(batch, True)
+        losses = model(**data, mode='loss')
+        loss, _ = model.parse_losses(losses)
+        return loss
+
+    return loss_fn
+
+
+def run_sensitivity(cfg, args) -> None:
+    """Per-layer sensitivity on ``--sensitivity-batches`` training batches; the policy that fills the budget."""
+    from ssps_nni.sensitivity import sensitivity_policy, sensitivity_scores
+
+    start = time.perf_counter()
+    runner, model, search, loader = prepared_search(cfg)
+    ready = time.perf_counter()
+    n = args.sensitivity_batches
+    scores = sensitivity_scores(search, loss_function(model), cycled_batches(loader, n), num_batches=n)
+    measured = time.perf_counter()
+    policy = sensitivity_policy(search, scores)
+    solved = time.perf_counter()
+    write_policy(runner, policy, f'sensitivity on {n} training batches', start,
+                 f'set-up {ready - start:.1f} s, measurement {measured - ready:.1f} s '
+                 f'({(measured - ready) / n:.2f} s per batch), solve {solved - measured:.1f} s')
+
+
+def run_random(cfg, args) -> None:
+    """A random policy within the budget, drawn with the search's seed (``--seed``)."""
+    from ssps_nni.sensitivity import random_policy
+
+    start = time.perf_counter()
+    runner, _, search, _ = prepared_search(cfg)
+    policy = random_policy(search, search.config.seed)
+    write_policy(runner, policy, f'random (seed {search.config.seed})', start)
+
+
+def write_policy(runner, policy, what: str, start: float, detail: str = '') -> None:
+    """``policy.json`` and ``policy.png`` (no search history) in the work dir; log time and cost."""
+    from ssps_nni.policy import plot_policy
+
+    work_dir = Path(runner.work_dir)
+    policy.save(work_dir / 'policy.json')
+    plot_policy(policy, [], work_dir / 'policy.png')
+    seconds = time.perf_counter() - start
+    costs = ', '.join(f'{name} {t["policy"] / t["target"]:.4f}' for name, t in policy.meta.get('totals', {}).items()
+                      if t.get('target'))
+    runner.logger.info(f'{what}: policy in {seconds:.1f} s ({detail or "model build, calibration and draw"}); '
+                       f'cost / target: {costs or "n/a"}; wrote {work_dir / "policy.json"}')
+
+
+RUNS = {'ssps': run_ssps, 'sensitivity': run_sensitivity, 'random': run_random}
+
+
+def main(argv=None, prog: str = PROG) -> int:
+    """Run ``ssps search``; returns the exit status (0 done, 2 bad input, 3 a diverged search)."""
+    args = parse_args(argv, prog)
+    try:
+        # cheapest first: the training stack (mmpretrain, mmdet, the runner) is imported only
+        # once the options, the paths and the budget have passed
+        check_args(args)
+        cfg = build_config(args)
+        check_inputs(cfg)
+        check_resume(cfg, args)
+        check_budget_reachable(cfg)
+        build_hook(cfg)
+        RUNS[args.method](cfg, args)
+    except (InputError, SSPSError) as err:
+        return fail(prog, err)
+    print_result(cfg.work_dir)
+    return 0

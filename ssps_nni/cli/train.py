@@ -1,0 +1,186 @@
+"""``ssps train``: retrain a searched policy (quantization-aware training) on an mmengine config, then evaluate.
+
+    ssps train CONFIG --policy work_dirs/search/policy.json [--load-from FP.pth]
+    ssps train CONFIG --uniform W4A4      # a uniform baseline, same schedule
+    ssps train CONFIG                     # FP32 (e.g. to train the starting checkpoint)
+        [--work-dir DIR] [--seed N] [--cfg-options KEY=VALUE ...]
+
+The config is the search's own (``mmdet_configs/*_ssps*.py``): its ``SSPSHook`` is removed and,
+with ``--policy`` or ``--uniform``, a ``QuantPolicyHook`` takes its place (the search's layer
+selection and calibration options carried over), so the three modes share one schedule.
+Afterwards mmengine's test loop (the val loop if the config has none) evaluates the final model;
+the metrics, BitOPs and size are printed and written to ``WORK_DIR/train_result.json``.
+Bad input (an unreadable or non-JSON policy, a policy that does not match the model, a
+malformed ``--uniform``, a missing ``--load-from`` or data folder) exits with status 2 and one
+``ssps train: error:`` line before anything is trained.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import SSPSError
+from .common import (DEFAULT_CONFIG_NAME, InputError, add_cfg_options, add_config, add_load_from, add_seed,
+                     add_ssps_imports, add_work_dir, check_data_paths, check_load_from, config_path,
+                     default_work_dir, fail)
+from .search import SSPS_TYPES
+
+PROG = 'ssps train'
+RESULT_JSON = 'train_result.json'
+HOOK_TYPES = ('QuantPolicyHook', 'ssps_nni.mmengine.QuantPolicyHook')
+#: SSPSHook options that QuantPolicyHook shares (which layers; calibration).
+SHARED_OPTIONS = ('include', 'exclude', 'pinned', 'pinned_bits', 'calib_batches', 'calib_batch_size', 'seed')
+
+
+def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
+    """The command line; argparse exits with status 2 on a malformed one."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description='Quantization-aware retraining of an SSPS policy (or a uniform WxAy baseline, or FP32) '
+                    f'on an mmengine config, then evaluation. With no CONFIG: {DEFAULT_CONFIG_NAME}.')
+    add_config(parser)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument('--policy', help='policy.json written by ssps search')
+    mode.add_argument('--uniform', metavar='WxAy',
+                      help='every searched layer at x-bit weights, y-bit inputs (pinned layers at their bits)')
+    add_load_from(parser, 'full-precision, search or QAT')
+    add_work_dir(parser, 'work_dirs/<config name>_qat')
+    add_seed(parser, 'the run and of the calibration samples')
+    add_cfg_options(parser)
+    return parser.parse_args(argv)
+
+
+def quant_hook_cfg(cfg, args) -> dict | None:
+    """Replace the config's ``SSPSHook`` by a ``QuantPolicyHook`` (None: FP32, no hook)."""
+    hooks, shared = [], {}
+    for hook in cfg.get('custom_hooks', None) or []:
+        if hook.get('type') in SSPS_TYPES:
+            shared = {k: hook[k] for k in SHARED_OPTIONS if k in hook}
+        elif hook.get('type') not in HOOK_TYPES:
+            hooks.append(hook)
+    quant = None
+    if args.policy is not None or args.uniform is not None:
+        quant = dict(type='QuantPolicyHook', **shared)
+        if args.policy is not None:
+            quant['policy'] = args.policy
+        else:
+            quant['uniform'] = args.uniform
+        if args.seed is not None:
+            quant['seed'] = args.seed
+        hooks.insert(0, quant)
+    cfg.custom_hooks = hooks
+    return quant
+
+
+def build_config(args):
+    """The resolved config of this run (CLI > config): ``SSPSHook`` swapped, paths, seed.
+
+    Raises:
+        InputError: the config file does not exist (or, with no CONFIG, the repository's default).
+    """
+    from mmengine.config import Config
+
+    args.config = config_path(args.config)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    add_ssps_imports(cfg)
+    quant_hook_cfg(cfg, args)
+    if args.seed is not None:
+        cfg.randomness = dict(cfg.get('randomness', None) or {}, seed=args.seed)
+    cfg.work_dir = args.work_dir if args.work_dir is not None else default_work_dir(cfg, args.config, '_qat')
+    if args.load_from is not None:
+        cfg.load_from = args.load_from
+    return cfg
+
+
+def validate(cfg) -> None:
+    """Check ``load_from``, data paths, the quantization options and the policy against the model.
+
+    Raises:
+        InputError, SSPSError: one-line messages; the policy's names the first mismatching layer.
+    """
+    import ssps_nni.mmengine  # noqa: F401  (registries, torch safe globals)
+    from ssps_nni.mmengine.qat import QuantPolicyHook, build_model_from_cfg
+
+    check_load_from(cfg.get('load_from', None),
+                    'Give a checkpoint (full-precision, search or QAT) of this model to start from (--load-from PTH).')
+    check_data_paths(cfg)
+    for hook in cfg.custom_hooks:
+        if hook.get('type') in HOOK_TYPES:
+            options = {k: v for k, v in hook.items() if k not in ('type', 'priority')}
+            try:
+                quant = QuantPolicyHook(**options)
+            except TypeError as err:
+                raise InputError(f'invalid QuantPolicyHook option: {err}') from None
+            quant.resolve(build_model_from_cfg(cfg))  # PolicyError names the first mismatching layer
+
+
+def evaluate(runner, cfg) -> dict:
+    """mmengine's test loop (val loop if the config has no test loop) on the final model."""
+    has_test = all(cfg.get(k, None) is not None for k in ('test_dataloader', 'test_cfg', 'test_evaluator'))
+    metrics = runner.test() if has_test else runner.val()
+    out = {}
+    for key, value in metrics.items():
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            out[key] = value
+    return out
+
+
+def result(runner, cfg, args, metrics: dict) -> dict:
+    """Metrics next to the BitOPs and size of the trained model; the ``train_result.json`` content."""
+    from mmengine.model import is_model_wrapper
+
+    from ssps_nni.mmengine.calibration import calibration_loader, forward_fn
+    from ssps_nni.mmengine.qat import QAT_POLICY_JSON, model_costs
+
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    loader = calibration_loader(runner.train_dataloader, 1, seed=args.seed or 0)
+    costs = model_costs(model, *forward_fn(model, loader))
+    work_dir = Path(cfg.work_dir)
+    last = work_dir / 'last_checkpoint'
+    mode = 'policy' if args.policy else 'uniform' if args.uniform else 'fp32'
+    return {
+        'mode': mode, 'policy': args.policy, 'uniform': args.uniform, 'config': args.config,
+        'load_from': cfg.get('load_from', None), 'metrics': metrics,
+        'bitops': costs['bitops'], 'size': costs['size'],
+        'checkpoint': last.read_text().strip() if last.is_file() else None,
+        'qat_policy': str(work_dir / QAT_POLICY_JSON) if mode != 'fp32' else None,
+    }
+
+
+def summary(res: dict) -> str:
+    """One line: what was trained, its metrics, BitOPs and size next to FP32."""
+    what = {'policy': f'policy {res["policy"]}', 'uniform': f'uniform {res["uniform"]}', 'fp32': 'FP32'}[res['mode']]
+    metrics = ', '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}' for k, v in res['metrics'].items())
+    b, s = res['bitops'], res['size']
+    return (f'{what}: {metrics} | bitops {b["text"]} (FP32 {b["fp32_text"]}) | size {s["text"]} '
+            f'(FP32 {s["fp32_text"]})')
+
+
+def main(argv=None, prog: str = PROG) -> int:
+    """Run ``ssps train``; returns the exit status (0 done, 2 bad input)."""
+    args = parse_args(argv, prog)
+    try:
+        cfg = build_config(args)
+        validate(cfg)
+        from mmengine.runner import Runner
+
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+        metrics = evaluate(runner, cfg)
+    except (InputError, SSPSError) as err:
+        return fail(prog, err)
+    from mmengine.dist import is_main_process
+
+    from ssps_nni.policy import atomic_write
+
+    res = result(runner, cfg, args, metrics)
+    if is_main_process():
+        path = atomic_write(Path(cfg.work_dir) / RESULT_JSON, json.dumps(res, indent=2) + '\n')
+        print(summary(res))
+        print(f'result: {path}  checkpoint: {res["checkpoint"]}')
+    return 0
