@@ -36,7 +36,7 @@ PIP="$PY -m pip install --disable-pip-version-check"
 # Where the venv imports ssps_nni from. It must be this checkout: a venv shared by two
 # checkouts (SSPS_VENV), or one whose editable install was made from another clone, would
 # otherwise run the other checkout's code. Asked from / with -I (no cwd, no PYTHONPATH on
-# sys.path), and with find_spec, so the package is located the way the venv resolves it
+# the import path), and with find_spec, so the package is located the way the venv resolves it
 # (the editable install's finder or .pth) without being imported.
 installed_from() {  # prints the real path of the ssps_nni/__init__.py the venv resolves ("" if none)
     (cd / && "$PY" -I -c 'import importlib.util, os

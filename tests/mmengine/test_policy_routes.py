@@ -10,7 +10,6 @@ in the OpenMMLab model (``backbone.layer1.0.conv1``). Both directions with real 
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -26,22 +25,17 @@ from ssps_nni.cell import QuantCellMixin  # noqa: E402
 from ssps_nni.models import resnet20  # noqa: E402
 from ssps_nni.policy import apply_policy, load_policy  # noqa: E402
 
-from mm_search_helpers import ROOT, TRAIN_TOOL, run_tool  # noqa: E402
+from mm_search_helpers import TRAIN_TOOL, run_tool  # noqa: E402
 
 CANDIDATES = (2, 4, 8)
 
 
-def _nni_helpers():
-    """``tests/nni/nni_helpers.py`` (real CIFAR-10 tensors, NNI's Classification evaluator)."""
-    spec = importlib.util.spec_from_file_location('nni_helpers', ROOT / 'tests' / 'nni' / 'nni_helpers.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope='module')
 def nni():
-    helpers = _nni_helpers()
+    """``tests/nni/nni_helpers.py`` (real CIFAR-10 tensors, NNI's Classification evaluator; on the
+    import path by pytest.ini's ``pythonpath``) and its CIFAR-10 splits."""
+    import nni_helpers as helpers
+
     return helpers, helpers.cifar_splits()
 
 
