@@ -18,146 +18,34 @@ Both drivers (the NNI strategy and the mmengine hook) map their events onto this
 Before the loop, :meth:`SSPSSearch.single_policy` says whether there is anything to search (one
 candidate per decision, or budgets that leave one feasible policy); :meth:`SSPSSearch.settle`
 then fixes that policy without training.
+
+The options and their validation are :class:`SearchConfig` (``search_config.py``); the logits'
+objective, natural gradient and Lagrange price are :class:`~ssps_nni.objective.LogitsObjective`
+(``objective.py``, §3.1, §7); the divergence guard (:meth:`SSPSSearch.check_loss`,
+:func:`first_nonfinite_output`) is :class:`~ssps_nni.divergence.DivergenceGuard`
+(``divergence.py``). ``SearchConfig`` and ``first_nonfinite_output`` are re-exported here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
 from typing import Callable
 
-import math
-
 import torch
-from torch import nn
 
 from .cell import CELL_TYPES
-from .convert import DEFAULT_CANDIDATES, DEFAULT_PINNED_BITS, SearchSpace, convert_model
-from .cost import SpaceCost, build_cost_model, parse_budgets, profile_layers
-from .decider import Constraint, DeciderConfig, SequentialDecider
-from .errors import SearchDivergedError
-from .penalty import PENALTY_FORMS, ConstraintLoss
+from .convert import SearchSpace, convert_model
+from .cost import SpaceCost, build_cost_model, profile_layers
+from .decider import Constraint, SequentialDecider
+from .divergence import DivergenceGuard, first_nonfinite_output
+from .objective import LogitsObjective
 from .policy import Policy
 from .sampler import SLOTS, TemperatureSchedule
-from .scores import SCORE_FORMS, ScoreAverage, lagrange_multipliers, normalized
+from .scores import ScoreAverage
+from .search_config import SearchConfig
+
+__all__ = ["SSPSSearch", "SearchConfig", "first_nonfinite_output"]
 
 
-@dataclass
-class SearchConfig:
-    """Every option of a search, with the defaults of docs/algorithm.md.
-
-    Attributes:
-        budget: ``'bitops=W4A4'``, ``'size=1.5MB,bitops=2e9'``, a list or a dict (§4).
-        candidates / a_candidates: weight / activation bit-widths (§1); activations default
-            to the weight candidates.
-        include, exclude, pinned, pinned_bits: which layers (``convert.py``).
-        cost_options: ``{cost name: kwargs}``, e.g. ``{'lut': {'path': 'lut.json'}}``.
-        signal: ``'dense'`` (default): the logits learn from every candidate's score, tapped in
-            the one backward (§3.1); ``'sampled'``: only through the sampled path's residual (§3).
-        score, score_ema: form of the dense scores (``'squared'`` Fisher-style or ``'signed'``)
-            and the decay of their running average (0: each step alone), ``scores.py``.
-        score_fraction: share of each batch the activation scores are computed on, in (0, 1]
-            (their elementwise cost grows with the candidates; weights always use all).
-        penalty, lam, beta: constraint form and weights (§5); ``'lagrange'`` (default, dense
-            signal only) prices the budget with a multiplier found from the scores.
-        fill: after the last decision, raise bits where the scores gain most per unit of cost
-            until no candidate fits the budgets (§5).
-        tau_max, tau_min: temperature schedule (§3).
-        total_steps, warmup_steps, interval: the search length, warm-up and decision interval,
-            in optimizer steps (§6).
-        threshold, certainty, schedule, schedule_start, prune_epsilon, guard: sequential
-            determination (§6); the schedule forces nothing before ``schedule_start`` (a fraction
-            of the steps after warm-up).
-        logits_lr, logits_betas, logits_weight_decay: Adam on the logits (§7). ``logits_lr=None``
-            (default) follows the search length (§3.2): ``max(3e-3, logits_move / search_steps)``
-            with ``search_steps = total_steps - warmup_steps``.
-        seed: seed of the path sampler.
-
-    Raises:
-        ValueError: unknown keyword (from ``from_dict``) or a value out of range.
-    """
-
-    budget: object = "bitops=W4A4"
-    candidates: tuple = DEFAULT_CANDIDATES
-    a_candidates: tuple | None = None
-    include: list | None = None
-    exclude: list | None = None
-    pinned: object = "default"
-    pinned_bits: object = DEFAULT_PINNED_BITS
-    cost_options: dict = field(default_factory=dict)
-    signal: str = "dense"
-    score: str = "squared"
-    score_ema: float = 0.98
-    score_fraction: float = 0.25
-    penalty: str = "lagrange"
-    lam: float = 1.0
-    beta: float = 0.6
-    tau_max: float = 5.0
-    tau_min: float = 0.5
-    total_steps: int = 1000
-    warmup_steps: int = 0
-    interval: int = 1
-    threshold: float | None = 0.9
-    certainty: str = "max_prob"
-    schedule: str = "linear"
-    schedule_start: float = 0.25
-    prune_epsilon: float | None = None
-    guard: bool = True
-    fill: bool = True
-    logits_lr: float | None = None
-    logits_move: float = 20.0
-    logits_betas: tuple = (0.5, 0.9)
-    logits_weight_decay: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self):
-        self.budgets = parse_budgets(self.budget)
-        self.decider = DeciderConfig(
-            total_steps=int(self.total_steps), warmup_steps=int(self.warmup_steps), interval=int(self.interval),
-            threshold=self.threshold, measure=self.certainty, schedule=self.schedule,
-            schedule_start=float(self.schedule_start), prune_epsilon=self.prune_epsilon, guard=bool(self.guard),
-        )
-        if self.signal not in ("dense", "sampled"):
-            raise ValueError(f"unknown signal {self.signal!r}; accepted: dense, sampled")
-        if self.score not in SCORE_FORMS:
-            raise ValueError(f"unknown score form {self.score!r}; accepted: {', '.join(SCORE_FORMS)}")
-        if not 0 < float(self.score_fraction) <= 1:
-            raise ValueError(f"score_fraction must be in (0, 1], got {self.score_fraction}")
-        if not 0 <= float(self.score_ema) < 1:
-            raise ValueError(f"score_ema must be in [0, 1), got {self.score_ema}")
-        if self.penalty == "lagrange":
-            if self.signal != "dense":
-                raise ValueError("penalty 'lagrange' needs signal='dense' (it prices the budget from the "
-                                 f"dense scores); with signal='sampled' use one of {', '.join(PENALTY_FORMS)}")
-            self.constraint_loss = None
-        else:
-            self.constraint_loss = ConstraintLoss(self.penalty, self.lam, self.beta)
-        if self.logits_lr is not None and not float(self.logits_lr) > 0:
-            raise ValueError(f"logits_lr must be > 0 or None (follow the search length), got {self.logits_lr}")
-        if not float(self.logits_move) > 0:
-            raise ValueError(f"logits_move must be > 0, got {self.logits_move}")
-        unknown = set(self.cost_options) - {b.cost for b in self.budgets}
-        if unknown:
-            raise ValueError(f"cost_options for {sorted(unknown)} but no budget on those costs")
-
-    @classmethod
-    def from_dict(cls, options: dict) -> "SearchConfig":
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(options) - known)
-        if bad:
-            raise ValueError(f"unknown SSPS option(s) {bad}; accepted: {', '.join(sorted(known))}")
-        return cls(**options)
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @property
-    def effective_logits_lr(self) -> float:
-        """The logits' learning rate: ``logits_lr``, or ``max(3e-3, logits_move / search_steps)`` (§3.2)."""
-        if self.logits_lr is not None:
-            return float(self.logits_lr)
-        return max(3e-3, float(self.logits_move) / max(int(self.total_steps) - int(self.warmup_steps), 1))
-
-
-class SSPSSearch:
+class SSPSSearch(DivergenceGuard, LogitsObjective):
     """Converts ``model`` in place and runs the search around the caller's training loop.
 
     Args:
@@ -290,142 +178,6 @@ class SSPSSearch:
             details = {f"ratio/{k}": float(v.detach()) / self.targets[k] for k, v in expected.items()}
             return torch.zeros((), device=task_loss.device), details
         return self.config.constraint_loss.extra(task_loss, expected, self.targets)
-
-    # -- divergence ----------------------------------------------------------------------------
-
-    def check_loss(self, loss: torch.Tensor, locate: Callable[[], object] | None = None, where: str = "",
-                   hint: str = "") -> None:
-        """Raise :class:`SearchDivergedError` if the training loss of this step is NaN or inf.
-
-        Call after the forward and before the backward, so that a diverged step changes no
-        weight. Costs one device-to-host copy of the loss per step.
-
-        Args:
-            loss: the step's loss (any shape; every element is checked).
-            locate: re-runs this step's forward (e.g. ``lambda: model(batch)``); called only on
-                failure, without gradients and with this step's sampled paths, to name the first
-                layer whose output was not finite (:func:`first_nonfinite_output`).
-            where: the driver's position, e.g. ``'iteration 3, epoch 1'``, for the message.
-            hint: what the user can do, appended to the message.
-
-        Raises:
-            SearchDivergedError: the message names the step, the value and the first
-                non-finite layer output where one was found.
-        """
-        value = loss.detach()
-        if bool(torch.isfinite(value).all()):
-            return
-        kind = "nan" if bool(torch.isnan(value).any()) else "inf"
-        layer = None
-        if locate is not None:
-            layer = self.locate_nonfinite(locate) or ("every layer output was finite on a re-run of this step: "
-                                                      "the loss computation is not")
-        raise self.diverged(f"the training loss is {kind}", layer, where, hint)
-
-    def diverged(self, what: str, layer: str | None = None, where: str = "", hint: str = "") -> SearchDivergedError:
-        """The :class:`SearchDivergedError` for this step (``self.step`` + 1, counted from 1).
-
-        Args:
-            what: what is not finite. layer: a phrase naming where it starts (from
-                :func:`first_nonfinite_output`). where, hint: see :meth:`check_loss`.
-        """
-        at = f"step {self.step + 1} of {self.config.total_steps}" + (f" ({where})" if where else "")
-        found = f"; {layer}" if layer else ""
-        done = f"{self.space.num_decided}/{self.space.num_decisions} decisions made"
-        hint = hint or ("Lower the learning rate, check the cost LUT and the mixed-precision (fp16) settings, "
-                        "and start the search again.")
-        return SearchDivergedError(f"SSPS search diverged at {at}: {what}{found}. The search stopped there ({done}); "
-                                   f"no final policy is written. {hint}")
-
-    def locate_nonfinite(self, run: Callable[[], object]) -> str | None:
-        """:func:`first_nonfinite_output` of ``run`` on this step's sampled paths; state is kept.
-
-        The path sampler's generator is rewound to where :meth:`begin_step` found it, so the
-        re-run takes the same paths; the generator, the global RNG and every buffer (BatchNorm
-        statistics) are restored afterwards. Cells are named by their layer name in the space
-        (as in the policy), other modules by their path in the model.
-        """
-        generator = self.space.sampler.generator
-        after = generator.get_state()
-        if self._step_rng is not None:
-            generator.set_state(self._step_rng)
-        try:
-            devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-            with torch.random.fork_rng(devices=devices):
-                return first_nonfinite_output(self.model, run, {cell: name for name, cell in self.space.cells.items()})
-        finally:
-            generator.set_state(after)
-
-    def logits_grads(self) -> list[torch.Tensor | None]:
-        return [p.grad for p in self.space.sampler.parameters()]
-
-    def step_logits(self) -> None:
-        """One Adam step on the logits (skipped in warm-up), then clear their gradients.
-
-        With the dense signal (§3.1) the step's tapped scores (already reduced over ranks and
-        unscaled by the driver, like the logit gradients) update the running estimate ``D``
-        first, also during warm-up; the logits' gradient is then the natural gradient of ``J``
-        of ``scores.py``: ``dJ/dp - sum_i p_i dJ/dp_i`` per decision, which does not vanish as
-        a decision becomes certain, so a consistent preference moves a logit by about the
-        learning rate every step (§3.2).
-        """
-        if self.config.signal == "dense":
-            raw = self.space.sampler.take_scores()
-            if all(bool(torch.isfinite(r).all()) for r in raw.values()):
-                self.scores.update(raw, {s: self.space.masks(s) for s in SLOTS})
-            if not self.in_warmup and self.scores.measured:
-                self.logits_optimizer.zero_grad(set_to_none=True)
-                self._natural_gradient()
-        if not self.in_warmup:
-            self.logits_optimizer.step()
-        self.logits_optimizer.zero_grad(set_to_none=True)
-
-    def _natural_gradient(self) -> None:
-        space = self.space
-        masks = {s: space.masks(s) for s in SLOTS}
-        with torch.no_grad():
-            probs = {s: space.probs(s).detach().double().cpu() for s in SLOTS}
-        probs = {s: p.requires_grad_() for s, p in probs.items()}
-        objective = self.logits_objective(probs, masks)
-        grads = torch.autograd.grad(objective, [probs[s] for s in SLOTS])
-        value = float(objective.detach())
-        if not (math.isfinite(value) and all(bool(torch.isfinite(g).all()) for g in grads)):
-            source = self._nonfinite_cost_or_score()
-            raise self.diverged(f"the logits objective J is {value} (or its gradient is not finite)",
-                                f"it comes from {source}" if source else None)
-        for slot, g in zip(SLOTS, grads):
-            p = probs[slot].detach()
-            natural = (g - (p * g).sum(-1, keepdim=True)).masked_fill(~masks[slot], 0.0)
-            logits = space.sampler.logits[slot]
-            logits.grad = natural.to(logits.device, logits.dtype)
-
-    def logits_objective(self, probs: dict, masks: dict) -> torch.Tensor:
-        """``J(p)`` of ``scores.py``: expected normalized loss increase plus the budget term.
-
-        Args:
-            probs: ``{slot: (L, n)}`` float64 probabilities. masks: ``{slot: bool (L, n)}``.
-        """
-        d = normalized({s: self.scores.value(s) for s in SLOTS}, masks)
-        j = sum((probs[s] * d[s]).sum() for s in SLOTS)
-        expected = {n: c.expected(probs["w"], probs["a"]).cpu() for n, c in self.costs.items()}
-        if self.config.penalty != "lagrange":  # the configured form, as for the task loss (§5)
-            term, _ = self.config.constraint_loss.extra(j, expected, self.targets)
-            return j + term
-        names = list(self.costs)
-        tables, limits = zip(*self.constraints())
-        self.mu = lagrange_multipliers(d, masks, list(tables), list(limits), [self.targets[n] for n in names])
-        return j + sum(m * expected[n] / self.targets[n] for m, n in zip(self.mu, names))
-
-    def _nonfinite_cost_or_score(self) -> str | None:
-        """The first searched layer whose running score or cost table holds NaN or inf."""
-        for l, name in enumerate(self.space.searched):
-            for slot in SLOTS:
-                if not bool(torch.isfinite(self.scores.value(slot)[l]).all()):
-                    return f"{name} (its running {slot} score D)"
-            for cost_name, cost in self.costs.items():
-                if not bool(torch.isfinite(cost.table[l]).all()):
-                    return f"{name} (its {cost_name} cost table)"
-        return None
 
     def constraints(self) -> list[tuple[torch.Tensor, float]]:
         """Per budget, ``(table (L, n_w, n_a), limit)``: what the searched layers may cost (§4)."""
@@ -666,61 +418,3 @@ class SSPSSearch:
         self.step = int(state["step"])
         self.finished = bool(state.get("finished", False))
         self.settled = state.get("settled")
-
-
-def _nonfinite(value) -> bool:
-    """True if a floating tensor in ``value`` (tensors, tuples, lists, dicts) holds NaN or inf."""
-    if isinstance(value, torch.Tensor):
-        return value.is_floating_point() and not bool(torch.isfinite(value).all())
-    if isinstance(value, (tuple, list)):
-        return any(_nonfinite(v) for v in value)
-    if isinstance(value, dict):
-        return any(_nonfinite(v) for v in value.values())
-    return False
-
-
-def first_nonfinite_output(model: nn.Module, run: Callable[[], object],
-                           names: dict[nn.Module, str] | None = None) -> str | None:
-    """Re-run a forward and name the first module whose output holds NaN or inf.
-
-    Forward hooks on every module of ``model`` record, in execution order, the first output
-    that is not finite; ``run`` is called once without gradients and its exceptions are caught
-    (what was found before one is kept). Every buffer (BatchNorm statistics) is restored.
-    ``names`` overrides the module path of some modules (e.g. a cell inside a wrapper).
-
-    Returns:
-        A phrase: ``'the first layer whose output was not finite is backbone.layer1.0.conv1
-        (QuantConv2d)'``, plus ``' (its input was already not finite)'`` when that module got a
-        non-finite input (the batch itself, or an operation outside any module, made it);
-        ``'every layer output was finite: the loss computation is not'`` when only the model's
-        own output is (a loss computed inside the model); None when nothing was found.
-    """
-    found: list[str] = []
-
-    def hook(name):
-        def record(module, args, output):
-            if found or not _nonfinite(output):
-                return
-            if not name:
-                found.append("every layer output was finite: the loss computation is not")
-                return
-            note = " (its input was already not finite)" if _nonfinite(args) else ""
-            found.append(f"the first layer whose output was not finite is {name} ({type(module).__name__}){note}")
-        return record
-
-    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-    names = names or {}
-    handles = [m.register_forward_hook(hook(names.get(m, n))) for n, m in model.named_modules()]
-    try:
-        with torch.no_grad():
-            run()
-    except Exception:  # noqa: BLE001 - a forward on non-finite values may fail anywhere; keep what was found
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-        with torch.no_grad():
-            for n, b in model.named_buffers():
-                if n in buffers:
-                    b.copy_(buffers[n])
-    return found[0] if found else None
