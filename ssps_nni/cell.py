@@ -194,33 +194,32 @@ class QuantCellMixin:
 
         Forward value: exactly ``Q_k(v)`` (the fixed policy's value at the same bits), or with
         the sampled signal ``v + h * (Q_k(v) - v)``. An open decision in training mode with the
-        dense signal passes through :class:`~ssps_nni.quant.ScoreTap`, so the one backward also
-        gives ``<dL/dv_q, Q_j(v) - v>`` for every candidate ``j``. In the sampler's
-        ``float_forward`` mode (sensitivity measurement) an open decision runs in float.
+        dense signal is tapped: the quantizer's own backward (or a :class:`~ssps_nni.quant.ScoreTap`
+        where no quantizer runs) also gives ``<dL/dv_q, Q_j(v) - v>`` for every candidate ``j``.
+        In the sampler's ``float_forward`` mode (sensitivity measurement) an open decision runs
+        in float.
         """
         k, h = self._path(slot)
         self.last_path[slot] = k
         open_ = self._search is not None and self.fixed_index(slot) < 0
         sampler = self._search[0] if open_ else None
-        if sampler is not None and sampler.float_forward:
-            v_q, bits = v, FLOAT_BITS
-        else:
-            bits = self.candidates(slot)[k]
-            v_q = self._quantize(slot, v, k)
-        if h is not None and bits < FLOAT_BITS:
-            v_q = v + h.to(v.dtype) * (v_q - v)
+        tap = None
         if sampler is not None and self.training and sampler.signal == "dense" and torch.is_grad_enabled():
-            probe = sampler.probe(slot, self._search[1], v.device)
-            v_q = ScoreTap.apply(v_q, v, probe, self._score_fn(slot))
-        return v_q
+            tap = (sampler.probe(slot, self._search[1], v.device), self._score_fn(slot))
+        if sampler is not None and sampler.float_forward:
+            return v if tap is None else ScoreTap.apply(v, v, *tap)
+        if h is None or self.candidates(slot)[k] >= FLOAT_BITS:
+            return self._quantize(slot, v, k, tap)
+        v_q = v + h.to(v.dtype) * (self._quantize(slot, v, k) - v)
+        return v_q if tap is None else ScoreTap.apply(v_q, v, *tap)
 
-    def _quantize(self, slot: str, v: torch.Tensor, k: int) -> torch.Tensor:
+    def _quantize(self, slot: str, v: torch.Tensor, k: int, tap=None) -> torch.Tensor:
         bits = self.candidates(slot)[k]
         if bits >= FLOAT_BITS:
-            return v
+            return v if tap is None else ScoreTap.apply(v, v, *tap)
         if slot == "w":
-            return quantize_weight(v, self.w_scale[k].abs().clamp_min(1e-8), bits)
-        return quantize_activation(v, self.a_scale[k].abs().clamp_min(1e-8), bits, bool(int(self.a_signed)))
+            return quantize_weight(v, self.w_scale[k].abs().clamp_min(1e-8), bits, tap)
+        return quantize_activation(v, self.a_scale[k].abs().clamp_min(1e-8), bits, bool(int(self.a_signed)), tap)
 
     def _score_fn(self, slot: str):
         bits, allowed = self.candidates(slot), self.mask(slot)

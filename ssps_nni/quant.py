@@ -8,14 +8,34 @@ and calls these. Formula (LSQ, Esser et al., ICLR 2020)::
 ``round`` passes its gradient straight through (STE); ``clamp`` passes it only inside
 ``[quant_min, quant_max]``. The scale gets the LSQ gradient, multiplied by ``grad_factor``.
 Bit-width 32 means "not quantized" and returns the input unchanged.
+
+Two implementations of the same formula (docs/algorithm.md §2):
+
+- :func:`fake_quantize`, the *composite*: autograd through ``div``, a straight-through
+  ``round``, ``clamp`` and ``mul``. It is the reference the tests hold the fused path to, and
+  what export, other dtypes and ``FUSED = False`` use.
+- :class:`LSQFakeQuantize`, the *fused* path that :func:`quantize_weight` and
+  :func:`quantize_activation` take by default (float32 / float64 on any device): a custom
+  autograd function (six elementwise passes forward, one product and one inner product
+  backward), which can also give the per-candidate scores of §3.1 in the same backward.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 FLOAT_BITS = 32
+
+#: Take the fused path (:class:`LSQFakeQuantize`) where it applies (default). ``False`` runs
+#: the composite :func:`fake_quantize` everywhere: the test reference, and the "before" of a
+#: step-cost comparison in one process.
+FUSED = True
+#: dtypes of the fused path; other dtypes (e.g. float16 operands under autocast) take the composite.
+FUSED_DTYPES = (torch.float32, torch.float64)
+# Largest |integer| of a fused range: its clipping bounds q +- 1/2 must be exact in float32.
+_FUSED_MAX_INT = 2**16
 
 
 def check_bits(bits: int) -> int:
@@ -90,42 +110,152 @@ def fake_quantize(
     return torch.clamp(round_ste(x / s), quant_min, quant_max) * s
 
 
-def quantize_weight(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+def quantize_weight(w: torch.Tensor, scale: torch.Tensor, bits: int, tap=None) -> torch.Tensor:
     """Symmetric signed per-output-channel fake quantization of a weight (docs/algorithm.md §2).
 
     Args:
         w: weight, ``(C_out, ...)`` (Conv2d ``(C_out, C_in/groups, kH, kW)``, Linear ``(out, in)``).
-        scale: per-channel step size, shape ``(C_out,)``.
+        scale: per-channel step size, shape ``(C_out,)``; positive.
         bits: bit-width; 32 returns ``w`` unchanged.
+        tap: optional ``(probe, score_fn)`` of the dense signal (§3.1): the backward also writes
+            ``score_fn(w, dL/dw_q)`` into ``probe.grad``, as :class:`ScoreTap` does.
 
     Returns:
-        Tensor shaped like ``w`` with at most ``2^b - 1`` distinct values per output channel.
+        Tensor shaped like ``w`` with at most ``2^b - 1`` distinct values per output channel;
+        the same values as the composite :func:`fake_quantize` on either path.
     """
     if bits >= FLOAT_BITS:
-        return w
+        return w if tap is None else ScoreTap.apply(w, w, *tap)
     q_min, q_max = weight_qrange(bits)
     factor = 1.0 / math.sqrt(w[0].numel() * q_max)
+    if fused_applies(w, scale, q_min, q_max):
+        probe, score_fn = (None, None) if tap is None else tap
+        return LSQFakeQuantize.apply(w, scale, q_min, q_max, factor, True, probe, score_fn)
     view = scale.reshape(-1, *([1] * (w.dim() - 1)))
-    return fake_quantize(w, view, q_min, q_max, factor)
+    w_q = fake_quantize(w, view, q_min, q_max, factor)
+    return w_q if tap is None else ScoreTap.apply(w_q, w, *tap)
 
 
-def quantize_activation(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+def quantize_activation(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool, tap=None) -> torch.Tensor:
     """Per-tensor fake quantization of a layer input (docs/algorithm.md §2).
 
     Args:
         x: input of any shape, e.g. ``(N, C, H, W)``.
-        scale: scalar step size (0-dim tensor).
+        scale: scalar step size (0-dim tensor); positive.
         bits: bit-width; 32 returns ``x`` unchanged.
         signed: signed range if the calibration saw negative values, else unsigned.
+        tap: optional ``(probe, score_fn)`` of the dense signal (§3.1), as in :func:`quantize_weight`.
 
     Returns:
-        Tensor shaped like ``x`` with at most ``2^b`` distinct values.
+        Tensor shaped like ``x`` with at most ``2^b`` distinct values; the same values as the
+        composite :func:`fake_quantize` on either path.
     """
     if bits >= FLOAT_BITS:
-        return x
+        return x if tap is None else ScoreTap.apply(x, x, *tap)
     q_min, q_max = activation_qrange(bits, signed)
     factor = 1.0 / math.sqrt(x.numel() * max(q_max, 1))
-    return fake_quantize(x, scale, q_min, q_max, factor)
+    if fused_applies(x, scale, q_min, q_max):
+        probe, score_fn = (None, None) if tap is None else tap
+        return LSQFakeQuantize.apply(x, scale, q_min, q_max, factor, False, probe, score_fn)
+    x_q = fake_quantize(x, scale, q_min, q_max, factor)
+    return x_q if tap is None else ScoreTap.apply(x_q, x, *tap)
+
+
+# -- fused path ----------------------------------------------------------------------------------
+
+def fused_applies(v: torch.Tensor, scale: torch.Tensor, quant_min: int, quant_max: int) -> bool:
+    """Whether :func:`quantize_weight` / :func:`quantize_activation` take :class:`LSQFakeQuantize`.
+
+    True when :data:`FUSED` is set, ``v`` and ``scale`` share a dtype of :data:`FUSED_DTYPES`, the
+    range fits ``[-2^16, 2^16]`` (at most 16 bits, so ``q +- 1/2`` is exact in float32) and no
+    TorchScript trace is running (a trace or an ONNX export records the composite's plain ops).
+    """
+    return (FUSED and v.dtype in FUSED_DTYPES and scale.dtype == v.dtype
+            and -_FUSED_MAX_INT <= quant_min and quant_max <= _FUSED_MAX_INT
+            and not torch.jit.is_tracing())
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sum(a * b)`` as a 0-dim tensor; one fused pass when both are contiguous."""
+    if a.is_contiguous() and b.is_contiguous():
+        return torch.dot(a.view(-1), b.view(-1))
+    return torch.mul(a, b).sum()
+
+
+class LSQFakeQuantize(torch.autograd.Function):
+    """LSQ fake quantization with a hand-written backward (docs/algorithm.md §2, §3.1).
+
+    ``LSQFakeQuantize.apply(x, scale, quant_min, quant_max, grad_factor, per_channel, probe, score_fn)``
+
+    Forward: the composite's formula, with ``x / s`` a true division (not ``x * (1 / s)``),
+    so the values are identical to :func:`fake_quantize`::
+
+        v = x / s;   r = round(v);   x_q = clamp(r, quant_min, quant_max) * s
+
+    It also keeps what the backward needs, in two tensors shaped like ``x``: the mask
+    ``m = [quant_min <= r <= quant_max]`` and the LSQ term ``e = clamp(r) - m * v`` (that is
+    ``round(v) - v`` inside the range, ``quant_min`` / ``quant_max`` outside; exact in floating
+    point). The backward is then one product and one inner product::
+
+        dL/dx = g * m;   dL/ds = grad_factor * sum(g * e)   (per output channel when per_channel)
+
+    The composite keeps as much (its ``round`` and ``clamp`` outputs) but runs about twice the
+    passes. torch's fused learnable fake-quant kernels (``torch._fake_quantize_learnable_per_*_affine``)
+    are not used: they multiply by ``1 / s``, which rounds differently from ``x / s`` near ties
+    (about one element in 2M on a 4-bit activation), and their CPU kernels are scalar loops,
+    several times slower than these vectorised passes.
+
+    Args (of ``apply``):
+        x: tensor to quantize: a weight ``(C_out, ...)`` when ``per_channel``, else any shape.
+        scale: positive step size, ``(C_out,)`` when ``per_channel``, else 0-dim; ``x``'s dtype.
+        quant_min, quant_max: the integer range (``|q| <= 2^16``).
+        grad_factor: multiplies the gradient reaching ``scale``.
+        per_channel: one step per slice of dimension 0.
+        probe, score_fn: ``None``, or the dense signal's tap (§3.1): the backward also returns
+            ``score_fn(x, g)`` as the gradient of ``probe``, like :class:`ScoreTap`.
+
+    Returns:
+        ``x_q``, shaped like ``x``. The backward is not differentiable (``once_differentiable``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, scale, quant_min, quant_max, grad_factor, per_channel, probe, score_fn):  # noqa: D102
+        s = scale.reshape(-1, *([1] * (x.dim() - 1))) if per_channel else scale
+        v = torch.div(x, s)
+        q = torch.round(v)
+        # round(v) is an integer, so the open bounds q_min - 1/2, q_max + 1/2 are exact (|q| <= 2^16)
+        m = torch.ops.aten.hardtanh_backward(_ones(v), q, quant_min - 0.5, quant_max + 0.5)
+        q.clamp_(quant_min, quant_max)
+        e = torch.addcmul(q, m, v, value=-1, out=v)  # into v's buffer: a fresh one costs a pass
+        x_q = q.mul_(s)
+        ctx.grad_factor = grad_factor
+        ctx.per_channel = per_channel
+        ctx.score_fn = score_fn
+        ctx.save_for_backward(m, e, x if score_fn is not None else None)
+        return x_q
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # noqa: D102
+        m, e, x = ctx.saved_tensors
+        grad_x = grad * m if ctx.needs_input_grad[0] else None
+        grad_s = None
+        if ctx.needs_input_grad[1]:
+            if ctx.per_channel:
+                grad_s = (grad * e).reshape(e.shape[0], -1).sum(1)
+            else:
+                grad_s = _dot(grad, e)
+            grad_s = grad_s * ctx.grad_factor
+        scores = None
+        if ctx.score_fn is not None:
+            with torch.no_grad():
+                scores = ctx.score_fn(x, grad)
+        return grad_x, grad_s, None, None, None, None, scores, None
+
+
+def _ones(v: torch.Tensor) -> torch.Tensor:
+    """A tensor of ones shaped like ``v`` without writing one (a broadcast 0-dim tensor)."""
+    return torch.ones((), dtype=v.dtype, device=v.device).expand_as(v)
 
 
 def init_weight_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -218,7 +348,9 @@ class ScoreTap(torch.autograd.Function):
     ``ScoreTap.apply(v_q, v, probe, score_fn)`` returns ``v_q``'s value unchanged and passes its
     gradient ``g`` through unchanged; the gradient given to ``probe`` (shape ``(n,)``) is
     ``score_fn(v, g)``, e.g. :func:`activation_candidate_scores`. Drivers reduce and unscale it
-    like any logit gradient, so data-parallel ranks and AMP see the same scores.
+    like any logit gradient, so data-parallel ranks and AMP see the same scores. Used where no
+    :class:`LSQFakeQuantize` runs (32 bits, float forward, the composite path); otherwise that
+    function's own backward taps the scores.
     """
 
     @staticmethod

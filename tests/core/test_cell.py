@@ -217,3 +217,35 @@ def test_layer_missed_by_calibration_initialises_from_its_first_batch():
     fc = space.cells["fc"]
     assert int(fc.initialized) == 1 and int(fc.a_signed) == 1
     assert float(fc.a_scale.detach().min()) > 1e-3  # from real data, not the 1e-8 floor of an empty calibration
+
+
+@pytest.mark.parametrize("signal", ["dense", "sampled"])
+def test_search_step_is_the_same_on_the_fused_and_the_composite_quantizer(signal, monkeypatch):
+    """One search forward + backward of a whole model (docs/algorithm.md §2, §3.1): identical
+    output, and the same gradients of weights, step sizes, logits and score probes."""
+    import ssps_nni.quant as quant_module
+
+    runs = []
+    for fused in (True, False):
+        monkeypatch.setattr(quant_module, "FUSED", fused)
+        torch.manual_seed(0)
+        model = HandNet()
+        space = convert_model(model, (2, 4, 8, 32), pinned="none")
+        space.sampler.signal = signal
+        x = hand_input(4)
+        space.calibrate(lambda: model(x))
+        model.train()
+        out = model(x)
+        F.cross_entropy(out, torch.arange(4)).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        for slot in ("w", "a"):
+            for name, t in (("logits", space.sampler.logits[slot]), ("probe", space.sampler.probes[slot])):
+                if t.grad is not None:
+                    grads[f"{name}.{slot}"] = t.grad.clone()
+        runs.append((out.detach(), grads, {n: dict(c.last_path) for n, c in space.cells.items()}))
+    (out_f, grads_f, path_f), (out_c, grads_c, path_c) = runs
+    assert path_f == path_c
+    assert torch.equal(out_f, out_c)
+    assert grads_f.keys() == grads_c.keys() and any(k.startswith(("probe", "logits")) for k in grads_f)
+    for name in grads_f:
+        torch.testing.assert_close(grads_f[name], grads_c[name], rtol=1e-4, atol=1e-6, msg=name)

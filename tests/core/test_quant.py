@@ -198,3 +198,243 @@ def test_signed_activation_is_picked_from_calibration():
     model2(x.abs())
     assert int(space2.cells["conv1"].a_signed) == 0
     assert int(space2.cells["fc"].a_signed) == 1
+
+
+# -- fused path (quant.LSQFakeQuantize) against the composite reference ---------------------------
+
+import ssps_nni.quant as quant_module  # noqa: E402
+from ssps_nni.quant import LSQFakeQuantize, ScoreTap, fused_applies  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _both_paths(fn, monkeypatch):
+    """``fn()`` once on the fused path and once on the composite (``quant.FUSED = False``)."""
+    out = []
+    for fused in (True, False):
+        monkeypatch.setattr(quant_module, "FUSED", fused)
+        out.append(fn())
+    return out
+
+
+def _act_run(x0, s0, g, bits, signed):
+    def run():
+        x = x0.clone().requires_grad_()
+        s = s0.clone().requires_grad_()
+        y = quantize_activation(x, s, bits, signed)
+        y.backward(g)
+        return y.detach(), x.grad, s.grad
+    return run
+
+
+def _weight_run(w0, s0, g, bits):
+    def run():
+        w = w0.clone().requires_grad_()
+        s = s0.clone().requires_grad_()
+        y = quantize_weight(w, s, bits)
+        y.backward(g)
+        return y.detach(), w.grad, s.grad
+    return run
+
+
+def _lsq_scale_grad(x, scale, g, q_min, q_max, factor, dims=None):
+    """float64 LSQ step gradient ``factor * sum(g * (round(v) - v | q_edge))``, from the same ``v = x / s``."""
+    v = (x / scale).double()  # the quantizer's own division, in its dtype
+    r = v.round()
+    inside = (r >= q_min) & (r <= q_max)
+    terms = g.double() * torch.where(inside, r - v, r.clamp(q_min, q_max)) * factor
+    return terms.sum() if dims is None else terms.flatten(1).sum(1)
+
+
+def test_fused_path_is_taken_only_where_it_applies(monkeypatch):
+    x, s = torch.randn(4), torch.tensor(0.5)
+    assert fused_applies(x, s, 0, 15) and fused_applies(x.double(), s.double(), -8, 7)
+    assert not fused_applies(x.half(), s.half(), 0, 15)  # e.g. an autocast operand: composite
+    assert not fused_applies(x, s.double(), 0, 15)  # mixed dtypes: composite
+    assert not fused_applies(x, s, 0, 2**17 - 1)  # q +- 1/2 would not be exact in float32
+    monkeypatch.setattr(quant_module, "FUSED", False)
+    assert not fused_applies(x, s, 0, 15)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("signed", [False, True])
+def test_fused_activation_equals_composite(device, dtype, signed, monkeypatch):
+    gen = torch.Generator().manual_seed(7 + signed)
+    for bits in (1, 2, 3, 4, 6, 8):
+        x0 = torch.randn(64, 4, 9, 9, generator=gen, dtype=dtype) * 1.7
+        if not signed:
+            x0 = x0.abs() - 0.05  # unsigned range, a few negatives below the bottom edge
+        # step sizes with awkward reciprocals (1 / s rounds), and a power of two (exact ties)
+        for s_value in (0.0731, 1 / 3, 0.25):
+            s0 = torch.tensor(s_value, dtype=dtype)
+            g = torch.randn(x0.shape, generator=gen, dtype=dtype)
+            x0d, s0d, gd = x0.to(device), s0.to(device), g.to(device)
+            fused, comp = _both_paths(_act_run(x0d, s0d, gd, bits, signed), monkeypatch)
+            assert torch.equal(fused[0], comp[0]), (bits, s_value)  # values: identical
+            assert torch.equal(fused[1] != 0, comp[1] != 0)  # the same STE mask
+            torch.testing.assert_close(fused[1], comp[1], rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
+            assert torch.equal(fused[1], gd * (fused[1] != 0))  # exactly g inside the range, 0 outside
+            q_min, q_max = activation_qrange(bits, signed)
+            ref = _lsq_scale_grad(x0d, s0d, gd, q_min, q_max, 1 / math.sqrt(x0.numel() * max(q_max, 1)))
+            tol = dict(rtol=2e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-13)
+            torch.testing.assert_close(fused[2].double(), ref, **tol)
+            torch.testing.assert_close(comp[2].double(), ref, **tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_weight_equals_composite_per_channel(device, dtype, monkeypatch):
+    gen = torch.Generator().manual_seed(11)
+    for shape in ((8, 4, 3, 3), (5, 7), (3, 1, 1, 1)):
+        for bits in (2, 3, 4, 8):
+            w0 = torch.randn(shape, generator=gen, dtype=dtype)
+            s0 = torch.rand(shape[0], generator=gen, dtype=dtype) * 0.4 + 0.03
+            g = torch.randn(shape, generator=gen, dtype=dtype)
+            w0d, s0d, gd = w0.to(device), s0.to(device), g.to(device)
+            fused, comp = _both_paths(_weight_run(w0d, s0d, gd, bits), monkeypatch)
+            assert torch.equal(fused[0], comp[0]), (shape, bits)
+            assert torch.equal(fused[1] != 0, comp[1] != 0)
+            assert torch.equal(fused[1], gd * (fused[1] != 0))
+            q_min, q_max = weight_qrange(bits)
+            view = s0d.reshape(-1, *([1] * (len(shape) - 1)))
+            ref = _lsq_scale_grad(w0d, view, gd, q_min, q_max, 1 / math.sqrt(w0[0].numel() * q_max), dims=1)
+            tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-13)
+            torch.testing.assert_close(fused[2].double(), ref, **tol)
+            torch.testing.assert_close(comp[2].double(), ref, **tol)
+
+
+# (q_min, q_max): unsigned [0, 1] and [0, 15], 1-bit signed [-1, 0] (an even top edge), signed
+# 4-bit [-8, 7] (an even bottom edge), 2- and 4-bit weights [-1, 1], [-7, 7] (odd edges).
+EDGE_RANGES = [(0, 1), (0, 15), (-1, 0), (-8, 7), (-1, 1), (-7, 7)]
+
+
+@pytest.mark.parametrize("q_min, q_max", EDGE_RANGES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_clipping_edges_exact(q_min, q_max, dtype):
+    """At and one unit in the last place around both ties ``q_min - 1/2`` and ``q_max + 1/2``
+    (round half to even decides them), and far outside: value, STE mask and the LSQ step
+    gradient term of every element, against Python's ``round`` (half to even)."""
+    s = 0.5  # a power of two: v = x / s is exact, and so are the ties
+    vs = []
+    for edge, out in ((q_min - 0.5, -1.0), (q_max + 0.5, 1.0)):
+        t = torch.tensor(edge, dtype=dtype)
+        vs += [float(torch.nextafter(t, torch.tensor(-math.inf, dtype=dtype))), edge,
+               float(torch.nextafter(t, torch.tensor(math.inf, dtype=dtype)))]
+    vs += [q_min - 3.0, q_max + 3.0, (q_min + q_max) / 2 + 0.3, 0.0, -0.25, 1e6, -1e6]
+    x = torch.tensor(vs, dtype=dtype).mul(s).requires_grad_()
+    scale = torch.tensor(s, dtype=dtype, requires_grad=True)
+    y = LSQFakeQuantize.apply(x, scale, q_min, q_max, 1.0, False, None, None)
+    y.backward(torch.ones_like(y))
+    terms = []
+    y = y.detach()
+    for i, v in enumerate(vs):
+        r = round(v)  # half to even
+        inside = q_min <= r <= q_max
+        assert float(y[i]) == min(max(r, q_min), q_max) * s, (v, float(y[i]))
+        assert float(x.grad[i]) == (1.0 if inside else 0.0), (v, float(x.grad[i]))
+        terms.append((r - v) if inside else min(max(r, q_min), q_max))
+    eps = torch.finfo(dtype).eps
+    assert float(scale.grad) == pytest.approx(sum(terms), abs=4 * eps * sum(map(abs, terms)))
+    ref = fake_quantize(x.detach(), torch.tensor(s, dtype=dtype), q_min, q_max)
+    assert torch.equal(y.detach(), ref)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_fused_gradients_match_torch_learnable_kernels_at_unit_step(signed):
+    """An independent reference: torch's learnable fake-quant backward on ``v = x / s`` with step
+    1 (where its ``v * (1 / 1)`` is exact) gives the same STE mask and LSQ term per element."""
+    torch.manual_seed(3)
+    q_min, q_max = activation_qrange(4, signed)
+    v = torch.randn(4, 3, 8, 8) * 6
+    g = torch.randn_like(v)
+    dx, ds, _ = torch.ops.aten._fake_quantize_learnable_per_tensor_affine_backward(
+        g, v, torch.ones(1), torch.zeros(1), q_min, q_max, 0.25)
+    x = v.clone().requires_grad_()
+    one = torch.tensor(1.0, requires_grad=True)
+    LSQFakeQuantize.apply(x, one, q_min, q_max, 0.25, False, None, None).backward(g)
+    assert torch.equal(x.grad, dx)
+    torch.testing.assert_close(one.grad, ds.reshape(()), rtol=1e-5, atol=1e-6)
+    # per channel: the learnable per-channel kernel, one unit step per output channel
+    w = torch.randn(6, 4, 3, 3) * 5
+    gw = torch.randn_like(w)
+    q_min, q_max = weight_qrange(4)
+    dw, dsw, _ = torch.ops.aten._fake_quantize_learnable_per_channel_affine_backward(
+        gw, w, torch.ones(6), torch.zeros(6), 0, q_min, q_max, 1.0)
+    wl = w.clone().requires_grad_()
+    ones = torch.ones(6, requires_grad=True)
+    LSQFakeQuantize.apply(wl, ones, q_min, q_max, 1.0, True, None, None).backward(gw)
+    assert torch.equal(wl.grad, dw)
+    torch.testing.assert_close(ones.grad, dsw, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_tap_gives_the_scoretap_scores(monkeypatch):
+    """The dense-signal tap inside the fused backward (§3.1) writes what ScoreTap writes."""
+    from ssps_nni.quant import activation_candidate_scores, weight_candidate_scores
+
+    torch.manual_seed(5)
+    x0, g = torch.randn(6, 3, 5, 5).abs(), torch.randn(6, 3, 5, 5)
+    w0, gw = torch.randn(4, 3, 3, 3), torch.randn(4, 3, 3, 3)
+    a_scales, w_scales = torch.tensor([0.3, 0.1, 0.05]), torch.rand(3, 4) * 0.2 + 0.05
+    bits = (2, 4, 32)
+
+    def run():
+        probe_a = torch.zeros(3, requires_grad=True)
+        probe_w = torch.zeros(3, requires_grad=True)
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        tap_a = (probe_a, lambda v, grad: activation_candidate_scores(v, grad, a_scales, bits, False, fraction=0.5))
+        tap_w = (probe_w, lambda v, grad: weight_candidate_scores(v, grad, w_scales, bits))
+        quantize_activation(x, a_scales[1], 4, False, tap=tap_a).backward(g)
+        quantize_weight(w, w_scales[0], 2, tap=tap_w).backward(gw)
+        return probe_a.grad, probe_w.grad, x.grad, w.grad
+
+    fused, comp = _both_paths(run, monkeypatch)
+    for a, b in zip(fused, comp):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert float(fused[0][2]) == 0.0 and float(fused[1][2]) == 0.0  # 32 bits: score 0
+    # 32 bits on the path itself: the input passes unchanged, the tap still scores
+    probe = torch.zeros(3, requires_grad=True)
+    x = x0.clone().requires_grad_()
+    y = quantize_activation(x, torch.tensor(1.0), 32, False,
+                            tap=(probe, lambda v, grad: activation_candidate_scores(v, grad, a_scales, bits, False)))
+    assert torch.equal(y, x0)
+    y.backward(g)
+    assert torch.equal(x.grad, g) and float(probe.grad[0]) != 0.0
+
+
+def test_fused_keeps_no_more_for_backward_than_the_composite(monkeypatch):
+    x0 = torch.randn(8, 4, 6, 6).abs()
+
+    def saved():
+        sizes = []
+
+        def pack(t):
+            sizes.append(t.numel() * t.element_size())
+            return t
+        x = x0.clone().requires_grad_()
+        s = torch.tensor(0.2, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = quantize_activation(x, s, 4, False)
+        y.sum().backward()
+        return sum(sizes)
+
+    fused, comp = _both_paths(saved, monkeypatch)
+    assert fused <= comp
+
+
+def test_fused_falls_back_to_the_composite_for_half_and_under_tracing(monkeypatch):
+    x = torch.randn(2, 3, 4, 4)
+    s = torch.tensor(0.1)
+    calls = []
+    real = LSQFakeQuantize.apply
+    monkeypatch.setattr(LSQFakeQuantize, "apply", lambda *a: calls.append(1) or real(*a))
+    quantize_activation(x, s, 4, True)
+    assert calls == [1]
+    half = quantize_activation(x.half(), s.half(), 4, True)
+    assert calls == [1] and torch.equal(half, fake_quantize(x.half(), s.half(), -8, 7))
+    expected = fake_quantize(x, s, -8, 7)
+    # check_trace=False: the check would run the function again outside the trace (fused)
+    traced = torch.jit.trace(lambda t: quantize_activation(t, s, 4, True), (x,), check_trace=False)
+    assert calls == [1] and torch.equal(traced(x), expected)
+    assert "PythonOp" not in str(traced.graph)  # plain ops an ONNX export can read
+    assert ScoreTap is quant_module.ScoreTap
