@@ -332,12 +332,13 @@ def activation_candidate_scores(x: torch.Tensor, grad: torch.Tensor, scales: tor
     xf = x.detach().float().reshape(-1)
     g = grad.float().reshape(-1)
     base = torch.dot(g, xf)
+    buf = torch.empty_like(xf)  # one buffer for every candidate: a fresh one costs a pass
     for j, b in enumerate(bits):
         if b >= FLOAT_BITS or (allowed is not None and not bool(allowed[j])):
             continue
         q_min, q_max = activation_qrange(b, signed)
         s = scales[j].detach().abs().clamp_min(1e-8).float()
-        q = torch.div(xf, s).round_().clamp_(q_min, q_max)
+        q = torch.div(xf, s, out=buf).round_().clamp_(q_min, q_max)
         out[j] = torch.dot(g, q) * s - base
     return out * factor if factor != 1.0 else out
 
