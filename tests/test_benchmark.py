@@ -7,6 +7,7 @@ consistent, that finished runs are reused on a second call, and that bad input i
 """
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -24,7 +25,7 @@ def _run(*args, timeout=600):
 
 @pytest.fixture(scope='module')
 def benchmark_tool():
-    """``ssps benchmark`` (``ssps_nni.cli.benchmark``; its ``main(argv)`` runs in-process)."""
+    """``ssps benchmark`` (the package ``ssps_nni.cli.benchmark``; its ``main(argv)`` runs in-process)."""
     from ssps_nni.cli import benchmark
 
     return benchmark
@@ -199,3 +200,24 @@ def test_standard_mode_reads_the_fp32_entry_from_the_json_beside_the_checkpoint(
     assert entry['checkpoint'] == str(ckpt.resolve()) and len(entry['sha1']) == 40
     (tmp_path / 'fp32.json').write_text(json.dumps({'metrics': {'accuracy/top1': 90.5}}))  # a train_result.json
     assert benchmark_tool.shipped_fp32(str(ckpt), config)['top1'] == 90.5
+
+
+def test_sections_are_small_modules_that_use_only_public_apis():
+    """Every module of ``ssps_nni/cli/benchmark/`` is under 500 lines and imports no private name
+    (``_x``) and no driver-internal module (``ssps_nni.nni.ops``: the benchmark uses ``ssps_nni.nni.fixed_op``)."""
+    folder = ROOT / 'ssps_nni' / 'cli' / 'benchmark'
+    modules = sorted(folder.glob('*.py'))
+    assert {p.stem for p in modules} >= {'command', 'common', 'step_cost', 'sequential', 'quality', 'report'}
+    assert not (ROOT / 'ssps_nni' / 'cli' / 'benchmark.py').exists()
+    for path in modules:
+        text = path.read_text()
+        assert len(text.splitlines()) <= 500, path.name
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ''
+                assert not any(part.startswith('_') for part in module.split('.') if part != '__future__'), \
+                    (path.name, module)
+                assert module != 'ssps_nni.nni.ops', path.name
+                assert not any(a.name.startswith('_') for a in node.names), (path.name, module)
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith('ssps_nni.nni.ops') for a in node.names), path.name

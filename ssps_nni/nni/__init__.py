@@ -16,7 +16,7 @@ strategy and a cost profiler NNI's filters and penalties accept.
 import nni.nas.strategy  # noqa: F401  (before nni.nas.oneshot.pytorch.strategy: otherwise NNI's built-in strategies become placeholders)
 
 from .ops import (FixedQuantConv2d, FixedQuantLinear, MixedPrecisionConv2d, MixedPrecisionLinear,
-                  bits_choices)
+                  bits_choices, fixed_op)
 from .profiler import QuantizationProfiler
 from .space import QuantizationSpace, quantization_space
 from .strategy import SSPS, build_search_space
@@ -25,5 +25,5 @@ from .supermodule import QuantSuperNetModule
 __all__ = [
     "SSPS", "QuantizationProfiler", "QuantizationSpace", "quantization_space", "QuantSuperNetModule",
     "MixedPrecisionConv2d", "MixedPrecisionLinear", "FixedQuantConv2d", "FixedQuantLinear",
-    "bits_choices", "build_search_space",
+    "bits_choices", "fixed_op", "build_search_space",
 ]

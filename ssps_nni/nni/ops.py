@@ -133,3 +133,17 @@ def copy_weights(src: nn.Module, dst: QuantCellMixin, w_index: int | None = None
     dst.a_scale[0].copy_(src.a_scale[a_index])
     dst.a_signed.copy_(src.a_signed)
     dst.initialized.fill_(1)
+
+
+def fixed_op(layer: nn.Module, w_bits: int, a_bits: int) -> FixedQuantConv2d | FixedQuantLinear:
+    """A fixed-bit op of ``layer`` (``nn.Conv2d`` / ``nn.Linear``, or a cell) with its weights.
+
+    Returns a :class:`FixedQuantConv2d` or :class:`FixedQuantLinear` with ``layer``'s
+    constructor arguments, at ``w_bits`` / ``a_bits``, holding a copy of ``layer``'s
+    ``weight`` and ``bias`` on ``layer``'s device; its step sizes initialise from the first
+    batch it sees (as a fresh cell's do). Each call builds a new op with its own weights, e.g.
+    one candidate of an NNI ``LayerChoice`` over bit-widths.
+    """
+    op = FIXED_OPS[float_type(layer)](**layer_kwargs(layer), w_bits=int(w_bits), a_bits=int(a_bits))
+    copy_weights(layer, op)
+    return op
