@@ -30,7 +30,11 @@ DEFAULT_PINNED_BITS = (8, 8)
 
 
 def check_candidates(candidates: Iterable[int], kind: str = "weight") -> tuple[int, ...]:
-    """Validate and sort candidate bit-widths.
+    """Validate and sort candidate bit-widths: the one candidate rule (docs/algorithm.md §1).
+
+    :class:`~ssps_nni.search_config.SearchConfig` applies it at construction, so the command
+    line, the mmengine hook and the NNI strategy refuse the same candidates with the same
+    message; :func:`convert_model` and the NNI space apply it to what they are given directly.
 
     Args:
         candidates: integers in 1..32 (weights: 2..32, a symmetric range needs 2 bits);
@@ -47,11 +51,12 @@ def check_candidates(candidates: Iterable[int], kind: str = "weight") -> tuple[i
         values = list(candidates)
     except TypeError:
         raise CandidateError(f"{kind} candidates must be a list of bit-widths, got {candidates!r}") from None
-    if not values:
-        raise CandidateError(f"{kind} candidate list is empty; give bit-widths in 1..32, e.g. 2,3,4,6,8")
     low = 2 if kind == "weight" else 1
+    if not values:
+        raise CandidateError(f"{kind} candidate list is empty; give bit-widths in {low}..32, e.g. 2,3,4,6,8")
     for b in values:
-        check_bits(b)
+        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 32:
+            raise CandidateError(f"{kind} candidate {b!r} is not an integer in {low}..32")
         if b < low:
             raise CandidateError(f"{kind} candidate {b} is below {low}; accepted: integers {low}..32")
     return tuple(sorted(set(values)))
@@ -272,10 +277,22 @@ def convert_model(
     Raises:
         CandidateError: bad candidates or pinned bits. NoQuantizableLayersError: nothing to search.
     """
-    if any(isinstance(m, QuantCellMixin) for m in model.modules()):
-        raise ValueError("model is already converted: convert_model takes a plain float model")
     w_c = check_candidates(w_candidates, "weight")
     a_c = check_candidates(w_c if a_candidates is None else a_candidates, "activation")
+    return convert_checked(model, w_c, a_c, include=include, exclude=exclude, pinned=pinned,
+                           pinned_bits=pinned_bits, tau=tau, seed=seed)
+
+
+def convert_checked(model: nn.Module, w_c: tuple, a_c: tuple, *, include=None, exclude=None, pinned="default",
+                    pinned_bits=DEFAULT_PINNED_BITS, tau: float = 5.0, seed: int = 0) -> SearchSpace:
+    """:func:`convert_model` with candidates already checked and sorted (by ``SearchConfig``).
+
+    Raises:
+        CandidateError: bad pinned bits. NoQuantizableLayersError: nothing to search.
+        ValueError: the model is already converted.
+    """
+    if any(isinstance(m, QuantCellMixin) for m in model.modules()):
+        raise ValueError("model is already converted: convert_model takes a plain float model")
     searched, pins = select_layers(model, include, exclude, pinned, pinned_bits)
     for name, (w, _) in pins.items():  # before any layer is replaced
         if w < 2:
@@ -323,5 +340,5 @@ def fixed_model(model: nn.Module, bits: Mapping[str, tuple[int, int]]) -> dict[s
 
 __all__ = [
     "DEFAULT_CANDIDATES", "SearchSpace", "convert_model", "fixed_model", "select_layers",
-    "check_candidates", "parse_bits_pair", "QuantConv2d", "QuantLinear",
+    "check_candidates", "convert_checked", "parse_bits_pair", "QuantConv2d", "QuantLinear",
 ]

@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 
 from .cell import CELL_TYPES
-from .convert import SearchSpace, convert_model
+from .convert import SearchSpace, convert_checked
 from .cost import SpaceCost, build_cost_model, profile_layers
 from .decider import Constraint, SequentialDecider
 from .divergence import DivergenceGuard, first_nonfinite_output
@@ -65,8 +65,8 @@ class SSPSSearch(DivergenceGuard, LogitsObjective):
         cfg = self.config
         self.cost_models = {b.cost: build_cost_model(b.cost, **cfg.cost_options.get(b.cost, {})) for b in cfg.budgets}
         if space is None:
-            space = convert_model(
-                model, cfg.candidates, cfg.a_candidates, include=cfg.include, exclude=cfg.exclude,
+            space = convert_checked(  # the config checked the candidates
+                model, cfg.candidates, cfg.activation_candidates, include=cfg.include, exclude=cfg.exclude,
                 pinned=cfg.pinned, pinned_bits=cfg.pinned_bits, tau=cfg.tau_max, seed=cfg.seed,
             )
         elif space.model is not model:

@@ -1,30 +1,55 @@
-"""The options of one search and their validation (docs/algorithm.md §1, §3-§7).
+"""The options of one search and their validation, the one owner of both (docs/algorithm.md §1, §3-§7).
 
-:class:`SearchConfig` holds every option with the defaults of docs/algorithm.md and checks them
-once, at construction: budgets are parsed into ``Budget`` objects (§4), the decider's options into
-a :class:`~ssps_nni.decider.DeciderConfig` (§6) and the penalty into a
-:class:`~ssps_nni.penalty.ConstraintLoss` (§5). ``from ssps_nni.search import SearchConfig``
-keeps working.
+:class:`SearchConfig` is a frozen, typed configuration with the defaults of docs/algorithm.md.
+It checks everything once, at construction: budget text is parsed into a tuple of
+:class:`~ssps_nni.cost.Budget` objects (§4), candidates are validated and sorted with the one
+candidate rule (:func:`~ssps_nni.convert.check_candidates`, §1: weights 2..32, activations
+1..32), the decider's options become a :class:`~ssps_nni.decider.DeciderConfig` (§6) and the
+penalty a :class:`~ssps_nni.penalty.ConstraintLoss` (§5). Every driver builds it once and passes
+it on: the mmengine hook and the NNI strategy in ``__init__`` (from a ``SearchConfig`` or from
+the same plain options), the command line in ``validate()``; :class:`~ssps_nni.search.SSPSSearch`
+takes it as is. A driver that learns the search length later (a runner, a trainer) builds it
+with :meth:`SearchConfig.from_options` and then calls :meth:`SearchConfig.with_schedule`, which
+neither parses nor checks the budgets and candidates again. What needs the model (whether a
+budget is reachable, §4) is checked where the model is known, on these ``Budget`` objects.
+``from ssps_nni.search import SearchConfig`` keeps working.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, fields
+from typing import Mapping
 
-from .convert import DEFAULT_CANDIDATES, DEFAULT_PINNED_BITS
+from .convert import DEFAULT_CANDIDATES, DEFAULT_PINNED_BITS, check_candidates
 from .cost import parse_budgets
 from .decider import DeciderConfig
 from .penalty import PENALTY_FORMS, ConstraintLoss
 from .scores import SCORE_FORMS
 
 
-@dataclass
+#: The search length a config is checked with before the real one is known (optimizer steps).
+PLACEHOLDER_STEPS = 10**6
+
+
+def resolve_steps(value, total: int, least: int = 0) -> int:
+    """A step count, or a float in (0, 1) read as that fraction of ``total`` steps (at least ``least``)."""
+    if isinstance(value, float) and 0 < value < 1:
+        return max(int(round(value * total)), least)
+    return int(value)
+
+
+@dataclass(frozen=True)
 class SearchConfig:
-    """Every option of a search, with the defaults of docs/algorithm.md.
+    """Every option of a search, with the defaults of docs/algorithm.md; frozen once checked.
 
     Attributes:
-        budget: ``'bitops=W4A4'``, ``'size=1.5MB,bitops=2e9'``, a list or a dict (§4).
+        budget: ``'bitops=W4A4'``, ``'size=1.5MB,bitops=2e9'``, a list, a dict, a ``Budget``
+            or a tuple of them (§4); after construction a tuple of parsed ``Budget`` objects
+            (also :attr:`budgets`; :attr:`budget_spec` gives the text back).
         candidates / a_candidates: weight / activation bit-widths (§1); activations default
-            to the weight candidates.
+            to the weight candidates (``a_candidates`` stays None, :attr:`activation_candidates`
+            resolves it). After construction sorted unique tuples, checked with the one rule
+            of :func:`~ssps_nni.convert.check_candidates` (weights 2..32, activations 1..32).
         include, exclude, pinned, pinned_bits: which layers (``convert.py``).
         cost_options: ``{cost name: kwargs}``, e.g. ``{'lut': {'path': 'lut.json'}}``.
         signal: ``'dense'`` (default): the logits learn from every candidate's score, tapped in
@@ -49,7 +74,10 @@ class SearchConfig:
         seed: seed of the path sampler.
 
     Raises:
-        ValueError: unknown keyword (from ``from_dict``) or a value out of range.
+        BudgetError, UnknownCostError: malformed budget text, unknown cost, two budgets on one
+            cost (the message lists the accepted forms).
+        CandidateError: empty candidates, not integers, or out of range.
+        ValueError: unknown keyword (from ``from_dict``) or another value out of range.
     """
 
     budget: object = "bitops=W4A4"
@@ -86,12 +114,10 @@ class SearchConfig:
     seed: int = 0
 
     def __post_init__(self):
-        self.budgets = parse_budgets(self.budget)
-        self.decider = DeciderConfig(
-            total_steps=int(self.total_steps), warmup_steps=int(self.warmup_steps), interval=int(self.interval),
-            threshold=self.threshold, measure=self.certainty, schedule=self.schedule,
-            schedule_start=float(self.schedule_start), prune_epsilon=self.prune_epsilon, guard=bool(self.guard),
-        )
+        budgets = tuple(parse_budgets(self.budget))  # Budget objects pass through unparsed
+        candidates = check_candidates(self.candidates, "weight")
+        a_candidates = None if self.a_candidates is None else check_candidates(self.a_candidates, "activation")
+        _set(self, budget=budgets, candidates=candidates, a_candidates=a_candidates)
         if self.signal not in ("dense", "sampled"):
             raise ValueError(f"unknown signal {self.signal!r}; accepted: dense, sampled")
         if self.score not in SCORE_FORMS:
@@ -104,23 +130,94 @@ class SearchConfig:
             if self.signal != "dense":
                 raise ValueError("penalty 'lagrange' needs signal='dense' (it prices the budget from the "
                                  f"dense scores); with signal='sampled' use one of {', '.join(PENALTY_FORMS)}")
-            self.constraint_loss = None
+            _set(self, constraint_loss=None)
         else:
-            self.constraint_loss = ConstraintLoss(self.penalty, self.lam, self.beta)
+            _set(self, constraint_loss=ConstraintLoss(self.penalty, self.lam, self.beta))
         if self.logits_lr is not None and not float(self.logits_lr) > 0:
             raise ValueError(f"logits_lr must be > 0 or None (follow the search length), got {self.logits_lr}")
         if not float(self.logits_move) > 0:
             raise ValueError(f"logits_move must be > 0, got {self.logits_move}")
-        unknown = set(self.cost_options) - {b.cost for b in self.budgets}
+        unknown = set(self.cost_options) - {b.cost for b in budgets}
         if unknown:
             raise ValueError(f"cost_options for {sorted(unknown)} but no budget on those costs")
+        self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        """The decider's options (§6), which depend on the search length."""
+        _set(self, decider=DeciderConfig(
+            total_steps=int(self.total_steps), warmup_steps=int(self.warmup_steps), interval=int(self.interval),
+            threshold=self.threshold, measure=self.certainty, schedule=self.schedule,
+            schedule_start=float(self.schedule_start), prune_epsilon=self.prune_epsilon, guard=bool(self.guard),
+        ))
+
+    @property
+    def budgets(self) -> tuple:
+        """The parsed budgets, one ``Budget`` per cost (§4)."""
+        return self.budget
+
+    @property
+    def budget_spec(self) -> str:
+        """The budgets as the user wrote them, comma-joined (e.g. ``'bitops=W4A4'``)."""
+        return ",".join(b.spec.strip() for b in self.budget)
+
+    @property
+    def activation_candidates(self) -> tuple:
+        """The activation bit-widths: ``a_candidates``, or the weight candidates when None (§1)."""
+        return self.candidates if self.a_candidates is None else self.a_candidates
+
+    def with_schedule(self, total_steps: int, warmup_steps: int | float = 0,
+                      interval: int | float = 1) -> "SearchConfig":
+        """This config for a search of ``total_steps`` optimizer steps; nothing else is checked again.
+
+        Args:
+            total_steps: the search length (optimizer steps).
+            warmup_steps, interval: optimizer steps, or a float in (0, 1) as a fraction of
+                ``total_steps`` (:func:`resolve_steps`; the interval is at least 1).
+
+        Raises:
+            ValueError: a schedule the decider refuses (§6).
+        """
+        total = int(total_steps)
+        new = copy.copy(self)
+        _set(new, total_steps=total, warmup_steps=resolve_steps(warmup_steps, total),
+             interval=resolve_steps(interval, total, least=1))
+        new._check_schedule()
+        return new
 
     @classmethod
-    def from_dict(cls, options: dict) -> "SearchConfig":
+    def check_keys(cls, options: Mapping) -> None:
+        """Refuse keys that are no field of this class.
+
+        Raises:
+            ValueError: the unknown keys and the accepted ones.
+        """
         known = {f.name for f in fields(cls)}
         bad = sorted(set(options) - known)
         if bad:
             raise ValueError(f"unknown SSPS option(s) {bad}; accepted: {', '.join(sorted(known))}")
+
+    @classmethod
+    def from_options(cls, options: Mapping, total_steps: int | None = None, warmup_steps: int | float = 0,
+                     interval: int | float = 1) -> "SearchConfig":
+        """The config of a driver whose search length may be known only later.
+
+        Args:
+            options: fields of this class other than the schedule.
+            total_steps: optimizer steps, or None when the length is not known yet
+                (:data:`PLACEHOLDER_STEPS` then; :meth:`with_schedule` sets the real one).
+            warmup_steps, interval: as in :meth:`with_schedule`.
+
+        Raises:
+            as the constructor; ValueError for an unknown option.
+        """
+        total = PLACEHOLDER_STEPS if total_steps is None else int(total_steps)
+        return cls.from_dict(dict(options, total_steps=total, warmup_steps=resolve_steps(warmup_steps, total),
+                                  interval=resolve_steps(interval, total, least=1)))
+
+    @classmethod
+    def from_dict(cls, options: Mapping) -> "SearchConfig":
+        """The config of ``options`` (field names); raises as the constructor, ValueError for an unknown key."""
+        cls.check_keys(options)
         return cls(**options)
 
     def to_dict(self) -> dict:
@@ -133,3 +230,9 @@ class SearchConfig:
             return float(self.logits_lr)
         return max(3e-3, float(self.logits_move) / max(int(self.total_steps) - int(self.warmup_steps), 1))
 
+
+
+def _set(config: SearchConfig, **values) -> None:
+    """Set attributes of a frozen config (its own normalisation, before anyone else sees it)."""
+    for name, value in values.items():
+        object.__setattr__(config, name, value)

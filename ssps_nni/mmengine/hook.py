@@ -33,6 +33,8 @@ Config::
 
     custom_imports = dict(imports=['ssps_nni.mmengine'], allow_failed_imports=False)
     custom_hooks = [dict(type='SSPSHook', budget='bitops=W4A4', candidates=(2, 3, 4, 5, 6, 8))]
+
+or, in Python, ``SSPSHook(config=SearchConfig(budget='bitops=W4A4'), calib_batches=8)``.
 """
 from __future__ import annotations
 
@@ -47,25 +49,25 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper, OptimWrapperDict
 from mmengine.registry import HOOKS
 
-from ..convert import DEFAULT_CANDIDATES, check_candidates
+from ..convert import DEFAULT_CANDIDATES
 from ..errors import SSPSError
 from ..policy import PARTIAL_POLICY_JSON, PARTIAL_POLICY_PNG, POLICY_JSON, POLICY_PNG, plot_policy
-from ..search import SearchConfig, SSPSSearch
+from ..search import SSPSSearch
+from ..search_config import PLACEHOLDER_STEPS, SearchConfig
 from .calibration import calibration_loader, forward_fn, preserved_rng
 from .optim import add_param_group, find_optim_wrapper, loss_scale, reduce_logit_grads
 from .report import cost_lines
 
-__all__ = ['SSPSHook']
+__all__ = ['SSPSHook', 'HOOK_OPTIONS']
 
 #: Where an earlier search's ``policy.json`` goes when a new search starts in its work dir.
 EARLIER_POLICY_JSON, EARLIER_POLICY_PNG = 'policy.earlier.json', 'policy.earlier.png'
 
 
-def _steps(value, total: int, least: int = 0) -> int:
-    """A step count, or a fraction in (0, 1) of ``total`` steps."""
-    if isinstance(value, float) and 0 < value < 1:
-        return max(int(round(value * total)), least)
-    return int(value)
+DEFAULT_BUDGET = 'bitops=W4A4'
+#: The hook's own keyword arguments (not :class:`SearchConfig` fields, or read in runner terms).
+HOOK_OPTIONS = ('total_steps', 'warmup_steps', 'interval', 'calib_batches', 'calib_batch_size',
+                'stop_when_done', 'plot_interval_s')
 
 
 def _task_loss(losses: dict) -> torch.Tensor:
@@ -103,8 +105,15 @@ class SSPSHook(Hook):
             ``policy.partial.png`` at most once per this many seconds (drawing costs about a
             second on a CPU); ``policy.json`` / ``policy.png`` (``"final": true``) only at the
             end, when the search is done and within budget.
-        **options: any other :class:`ssps_nni.search.SearchConfig` field (``penalty``,
+        config: a :class:`~ssps_nni.search_config.SearchConfig` instead of ``budget``,
+            ``candidates`` and ``**options`` (giving both is refused). Its search length is
+            replaced by this hook's ``total_steps`` / ``warmup_steps`` / ``interval``.
+        **options: any other :class:`ssps_nni.search_config.SearchConfig` field (``penalty``,
             ``lam``, ``tau_max``, ``threshold``, ``pinned``, ``exclude``, ``seed``...).
+
+    The typed config is built once, here (:meth:`SearchConfig.from_options`): the budget text
+    is parsed and the candidates checked only then; ``before_run`` sets the runner's search
+    length with :meth:`SearchConfig.with_schedule`, which checks neither again.
 
     Raises (at construction, so before training):
         CandidateError, BudgetError, UnknownCostError, ValueError: bad options; the message
@@ -115,11 +124,24 @@ class SSPSHook(Hook):
 
     priority = 'VERY_HIGH'
 
-    def __init__(self, budget='bitops=W4A4', candidates=DEFAULT_CANDIDATES, total_steps: int | None = None,
+    def __init__(self, budget=DEFAULT_BUDGET, candidates=DEFAULT_CANDIDATES, total_steps: int | None = None,
                  warmup_steps: int | float = 0, interval: int | float = 1, calib_batches: int = 4,
                  calib_batch_size: int | None = None, stop_when_done: bool = True,
-                 plot_interval_s: float = 30.0, **options):
-        self.options = dict(options, budget=budget, candidates=tuple(candidates))
+                 plot_interval_s: float = 30.0, config: SearchConfig | None = None, **options):
+        if config is None:
+            self.config = SearchConfig.from_options(dict(options, budget=budget, candidates=candidates),
+                                                    total_steps, warmup_steps, interval)
+        elif not isinstance(config, SearchConfig):
+            raise TypeError(f'SSPSHook config must be a SearchConfig, got {type(config).__name__}; '
+                            'in a config file give its fields as keyword arguments instead')
+        else:
+            SearchConfig.check_keys(options)
+            given = sorted(options) + [k for k, v, d in (('budget', budget, DEFAULT_BUDGET),
+                                                         ('candidates', candidates, DEFAULT_CANDIDATES)) if v is not d]
+            if given:
+                raise ValueError(f'SSPSHook takes config= or SearchConfig options, not both (got config= and {given})')
+            self.config = config.with_schedule(int(total_steps) if total_steps is not None else PLACEHOLDER_STEPS,
+                                               warmup_steps, interval)
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps
         self.interval = interval
@@ -130,7 +152,6 @@ class SSPSHook(Hook):
         self._last_plot = None
         if self.calib_batches < 1:
             raise ValueError(f'calib_batches must be >= 1, got {calib_batches}')
-        self.search_config(int(total_steps) if total_steps is not None else 10**6)  # validate now
         self.search: SSPSSearch | None = None
         self.optim_wrapper: OptimWrapper | None = None
         self._inner = None
@@ -142,14 +163,8 @@ class SSPSHook(Hook):
         self._checked = False  # this iteration's loss was checked in the forward hook
 
     def search_config(self, total_steps: int) -> SearchConfig:
-        """The :class:`SearchConfig` for a search of ``total_steps`` optimizer steps."""
-        check_candidates(self.options['candidates'], 'weight')
-        a_candidates = self.options.get('a_candidates') or self.options['candidates']
-        check_candidates(a_candidates, 'activation')
-        options = dict(self.options, total_steps=int(total_steps),
-                       warmup_steps=_steps(self.warmup_steps, total_steps),
-                       interval=_steps(self.interval, total_steps, least=1))
-        return SearchConfig.from_dict(options)
+        """The hook's :class:`SearchConfig` for a search of ``total_steps`` optimizer steps (not re-parsed)."""
+        return self.config.with_schedule(total_steps, self.warmup_steps, self.interval)
 
     # -- set-up ------------------------------------------------------------------------------
 

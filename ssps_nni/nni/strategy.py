@@ -27,23 +27,33 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from ..cell import QuantCellMixin
-from ..convert import SearchSpace, check_candidates
+from ..convert import DEFAULT_CANDIDATES, DEFAULT_PINNED_BITS, SearchSpace, check_candidates
 from ..errors import NoQuantizableLayersError, SSPSError
 from ..policy import Policy
 from ..sampler import SLOTS, PathSampler
-from ..search import SearchConfig, SSPSSearch
+from ..search import SSPSSearch
+from ..search_config import SearchConfig
 from .lightning import SSPSLightningModule
 from .space import QuantizationSpace
 from .supermodule import QuantSuperNetModule
 
 SCHEDULE_FIELDS = ("total_steps", "warmup_steps", "interval")
+#: SearchConfig fields that the NNI space decides (``quantization_space``), not SSPS's options.
+SPACE_FIELDS = frozenset({"candidates", "a_candidates", "include", "exclude", "pinned", "pinned_bits"})
+#: Their defaults as a constructed ``SearchConfig`` holds them (candidates sorted).
+SPACE_DEFAULTS = dict(candidates=tuple(sorted(set(DEFAULT_CANDIDATES))), a_candidates=None, include=None,
+                      exclude=None, pinned="default", pinned_bits=DEFAULT_PINNED_BITS)
 
 
 class SSPS(OneShotStrategy):
     """Sequential Single Path Search for mixed-precision bit-widths (docs/algorithm.md).
 
     Args:
-        budget: ``'bitops=W4A4'``, ``'size=1.5MB'``, ... (see ``ssps_nni.cost.BUDGET_FORMS``).
+        budget: ``'bitops=W4A4'``, ``'size=1.5MB'``, ... (see ``ssps_nni.cost.BUDGET_FORMS``),
+            or a :class:`~ssps_nni.search_config.SearchConfig` (also as ``config=``) instead of
+            ``budget`` and ``**options``. Its candidate and layer fields must keep their
+            defaults (the space sets them) and its search length is replaced by
+            ``total`` / ``warmup`` / ``interval``.
         unit: ``'epoch'`` or ``'step'``: the unit of ``total``, ``warmup`` and ``interval``.
         total: search length; default: the trainer's ``max_epochs`` (all decided by then).
         warmup: warm-up length (logits frozen, uniform paths). interval: decision interval.
@@ -56,25 +66,42 @@ class SSPS(OneShotStrategy):
             ``lam``, ``threshold``, ``tau_max``, ``seed``, ...). Candidates, include, exclude
             and pinned layers come from the space.
 
+    The typed config is built once, here: the budget text is parsed and the options checked
+    only then; ``mutate_evaluator`` sets the search length with
+    :meth:`SearchConfig.with_schedule`, which checks neither again.
+
     Raises:
+        BudgetError, CandidateError (at construction): as :class:`SearchConfig`.
         ValueError (``SSPSError``): unknown option, bad schedule, bad budget (at construction),
         unreachable budget or a space without mixed-precision ops (at initialisation, before
         any training step).
     """
 
-    def __init__(self, budget="bitops=W4A4", *, unit: str = "epoch", total: int | None = None,
-                 warmup: int = 0, interval: int = 1, bilevel: bool = False, input_fn=None,
+    def __init__(self, budget="bitops=W4A4", *, config: SearchConfig | None = None, unit: str = "epoch",
+                 total: int | None = None, warmup: int = 0, interval: int = 1, bilevel: bool = False, input_fn=None,
                  gradient_clip_val: float | None = None, log_every_n_steps: int = 10,
                  mutation_hooks=None, **options):
         super().__init__(mutation_hooks=mutation_hooks)
         if unit not in ("epoch", "step"):
             raise SSPSError(f"unit must be 'epoch' or 'step', got {unit!r}")
-        bad = sorted(set(options) & ({"candidates", "a_candidates", "include", "exclude", "pinned",
-                                      "pinned_bits"} | set(SCHEDULE_FIELDS)))
+        if isinstance(budget, SearchConfig):
+            budget, config = "bitops=W4A4", budget if config is None else config
+        bad = sorted(set(options) & (SPACE_FIELDS | set(SCHEDULE_FIELDS)))
         if bad:
             raise SSPSError(f"{bad} are set by the space or by total/warmup/interval, not by SSPS options")
-        self.options = dict(options, budget=budget)
-        SearchConfig.from_dict(dict(self.options, total_steps=2, warmup_steps=0))  # fail early
+        if config is None:
+            config = SearchConfig.from_options(dict(options, budget=budget), total_steps=2)
+        elif not isinstance(config, SearchConfig):
+            raise SSPSError(f"SSPS config must be a SearchConfig, got {type(config).__name__}")
+        else:
+            SearchConfig.check_keys(options)
+            if options:
+                raise SSPSError(f"SSPS takes a SearchConfig or options, not both (got a config and {sorted(options)})")
+            set_by_space = sorted(f for f in SPACE_FIELDS if getattr(config, f) != SPACE_DEFAULTS[f])
+            if set_by_space:
+                raise SSPSError(f"{set_by_space} are set by the space (quantization_space(model, candidates=...)), "
+                                "not by the SearchConfig given to SSPS")
+        self.config = config
         self.unit, self.total, self.warmup, self.interval = unit, total, int(warmup), int(interval)
         self.bilevel = bilevel
         self.input_fn = input_fn or _first_input
@@ -90,8 +117,7 @@ class SSPS(OneShotStrategy):
 
     def mutate_model(self, model):
         model = super().mutate_model(model)
-        cfg = SearchConfig.from_dict(dict(self.options, total_steps=2, warmup_steps=0))
-        self._space = build_search_space(model, tau=cfg.tau_max, seed=cfg.seed)
+        self._space = build_search_space(model, tau=self.config.tau_max, seed=self.config.seed)
         return model
 
     def mutate_evaluator(self, evaluator):
@@ -141,8 +167,7 @@ class SSPS(OneShotStrategy):
             total = trainer.max_epochs * per_epoch
         else:
             raise SSPSError("the search length is unknown: set SSPS(total=...) or the trainer's max_epochs")
-        steps = dict(total_steps=total, warmup_steps=self.warmup * per_unit, interval=self.interval * per_unit)
-        return SearchConfig.from_dict(dict(self.options, **steps))
+        return self.config.with_schedule(total, self.warmup * per_unit, self.interval * per_unit)
 
     # -- results ---------------------------------------------------------------------------------
 

@@ -164,7 +164,7 @@ def test_lut_budget_through_the_search(tmp_path):
     (dict(budget="lut=W4A4"), BudgetError, "needs a JSON table"),
     (dict(cost_options={"size": {}}), ValueError, "no budget on those costs"),
     (dict(candidates=[]), CandidateError, "empty"),
-    (dict(candidates=[2, 64]), CandidateError, "1..32"),
+    (dict(candidates=[2, 64]), CandidateError, "not an integer in 2..32"),
     (dict(candidates=[2, 4], a_candidates=[0]), CandidateError, "1..32"),
     (dict(penalty="square"), ValueError, "unknown penalty form"),
     (dict(total_steps=4, warmup_steps=4), ValueError, "warmup_steps"),
