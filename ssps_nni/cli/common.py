@@ -205,6 +205,31 @@ def check_load_from(load_from, hint: str) -> None:
         raise InputError(f'load_from: {problem}. {hint}')
 
 
+def read_policy(path: str, allow_partial: bool = False):
+    """Load a policy file for retraining or export; refuse a search's interim snapshot.
+
+    Args:
+        path: the ``--policy`` file.
+        allow_partial: ``--allow-partial`` was given: accept a non-final policy.
+
+    Returns:
+        ``(policy, warning)``: the warning (None for a final policy) names how far the search
+        got and the policy's cost against each budget (:func:`ssps_nni.policy.require_final`).
+
+    Raises:
+        PolicyError: unreadable, not JSON or malformed (the core's message, plus what to give).
+        PolicyNotFinalError: ``"final": false`` and not ``allow_partial``; names ``--allow-partial``.
+    """
+    from ssps_nni.errors import PolicyError
+    from ssps_nni.policy import load_policy, require_final
+
+    try:
+        policy = load_policy(path)
+    except PolicyError as err:
+        raise PolicyError(f'{err} (--policy takes the policy.json written by ssps search)') from None
+    return policy, require_final(policy, path, allow=allow_partial, allow_option='--allow-partial')
+
+
 def add_ssps_imports(cfg) -> None:
     """Add ``ssps_nni.mmengine`` to the config's ``custom_imports`` (its hooks and registrations)."""
     custom_imports = cfg.get('custom_imports', None) or dict(imports=[], allow_failed_imports=False)

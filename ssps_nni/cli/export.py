@@ -19,17 +19,25 @@ on inputs normalised as the config's ``data_preprocessor`` does::
     ssps export --config mmdet_configs/cifar10_resnet20_ssps_subset.py \\
         --policy work_dirs/search/policy.json --checkpoint work_dirs/qat/epoch_6.pth --output r20.onnx
 
-Exit status: 0 on success, 2 on bad input (unreadable policy, missing checkpoint, undecided or
-uncalibrated layers), with one ``ssps export: error:`` line on stderr.
+Policy layer names may be the other route's (an NNI policy, ``layer1.0.conv1``, for an
+mmengine model, ``backbone.layer1.0.conv1``, or the reverse): they are matched by dotted suffix
+and the mapping is printed (:meth:`ssps_nni.policy.Policy.for_model`); the ONNX metadata and
+the NNI ``config_list`` use the model's names. A search's interim snapshot
+(``policy.partial.json``, ``"final": false``) is refused unless ``--allow-partial`` is given
+(then with a warning naming its cost against the budget).
+
+Exit status: 0 on success, 2 on bad input (unreadable or non-final policy, missing checkpoint,
+undecided or uncalibrated layers), with one ``ssps export: error:`` line on stderr.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from ..errors import SSPSError
-from .common import InputError, fail
+from ..errors import PolicyError, SSPSError
+from .common import InputError, fail, read_policy
 
 PROG = 'ssps export'
 #: mmpretrain's CIFAR-10 normalisation (RGB, 0..255), used by ``--calibrate``.
@@ -64,7 +72,8 @@ def build_config_model(path: str):
         InputError: the config file does not exist.
     """
     if not Path(path).is_file():
-        raise InputError(f"config not found: {path}")
+        raise InputError(f"config not found: {path}; give the mmengine config the checkpoint was trained with "
+                         "(e.g. mmdet_configs/cifar10_resnet20_ssps_subset.py), or --model NAME for a plain model")
     from mmengine.config import Config
 
     import ssps_nni.mmengine  # noqa: F401  (registries, torch safe globals)
@@ -83,18 +92,22 @@ def read_checkpoint(path: str, trust: bool) -> dict:
 
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"checkpoint not found: {path}")
+        raise InputError(f"checkpoint not found: {path}; give the .pth of the retrained model (ssps train), "
+                         "a search's epoch_N.pth, or a float state_dict with --calibrate N")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=not trust)
     except Exception as err:  # noqa: BLE001 - pickle errors come in many types
         hint = "" if trust else " (if you trust the file, add --trust-checkpoint to unpickle other objects)"
-        raise InputError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}{hint}") from None
+        raise InputError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}{hint}; accepted: a torch.save "
+                         "file (the .pth of ssps train, a search's epoch_N.pth, or a float state_dict with "
+                         "--calibrate N)") from None
     for key in ("state_dict", "model"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
             break
     if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        raise InputError(f"checkpoint {path} holds no state_dict of tensors")
+        raise InputError(f"checkpoint {path} holds no state_dict of tensors; accepted: a state_dict, or a dict "
+                         "with one under 'state_dict' or 'model' (as ssps train and torch.save(model.state_dict()) write)")
     return ckpt
 
 
@@ -130,6 +143,8 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
                     help="initialise missing step sizes from N CIFAR-10 training images of the shipped subset")
     ap.add_argument("--nni-config", default=None, help="also write the NNI config_list (JSON) here")
     ap.add_argument("--trust-checkpoint", action="store_true", help="torch.load with weights_only=False")
+    ap.add_argument("--allow-partial", action="store_true",
+                    help="accept a non-final policy (an interrupted search's policy.partial.json), with a warning")
     return ap.parse_args(argv)
 
 
@@ -138,25 +153,37 @@ def input_shape(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise InputError(f"--input-shape must be comma-separated integers, got {text!r}") from None
+        raise InputError(f"--input-shape must be comma-separated integers N,C,H,W (e.g. 1,3,32,32), got {text!r}") from None
 
 
-def run(args: argparse.Namespace) -> Path:
-    """Export as the options say; returns the ONNX path. Raises ``InputError`` or ``SSPSError``."""
+def run(args: argparse.Namespace, prog: str = PROG) -> Path:
+    """Export as the options say; returns the ONNX path.
+
+    Raises:
+        InputError, SSPSError (PolicyError, PolicyNotFinalError without ``--allow-partial``,
+        ExportError): one-line messages.
+    """
     shape = input_shape(args.input_shape)
     import torch
 
     from ssps_nni.calibrate import calibrate_cells
     from ssps_nni.checkpoint import load_fixed_state
     from ssps_nni.export import DEFAULT_OPSET, export_onnx
-    from ssps_nni.policy import apply_policy, atomic_write, load_policy
+    from ssps_nni.policy import apply_policy, atomic_write
 
-    policy = load_policy(args.policy)
+    policy, warning = read_policy(args.policy, args.allow_partial)
+    if warning:
+        print(f"{prog}: {warning}", file=sys.stderr)
     if args.config:
         model = build_config_model(args.config)  # before reading: registers mmengine's safe globals
     state = read_checkpoint(args.checkpoint, args.trust_checkpoint)
     if not args.config:
         model = build_model(args.model, args.num_classes)
+    try:
+        policy = policy.for_model(model, log=print)  # layer names of the model (the mapping printed)
+    except PolicyError as err:
+        raise PolicyError(f"{err}; give the policy searched for this model, or the --model / --config it was "
+                          "searched on (names match exactly, or by an unambiguous dotted suffix)") from None
     apply_policy(model, policy)
     uncalibrated = load_fixed_state(model, state, policy)
     if uncalibrated:
@@ -182,7 +209,7 @@ def main(argv=None, prog: str = PROG) -> int:
     """Run ``ssps export``; returns the exit status (0 done, 2 bad input)."""
     args = parse_args(argv, prog)
     try:
-        out = run(args)
+        out = run(args, prog)
     except (InputError, SSPSError) as err:
         return fail(prog, err)
     print(f"wrote {out}")

@@ -13,6 +13,11 @@ the metrics, BitOPs and size are printed and written to ``WORK_DIR/train_result.
 Bad input (an unreadable or non-JSON policy, a policy that does not match the model, a
 malformed ``--uniform``, a missing ``--load-from`` or data folder) exits with status 2 and one
 ``ssps train: error:`` line before anything is trained.
+
+A search's interim snapshot (``policy.partial.json``, ``"final": false``: the search was
+interrupted) is refused the same way, naming how far its search got and its cost against the
+budget; ``--allow-partial`` trains it anyway (its open decisions at their most probable bits)
+with that as a warning (:func:`ssps_nni.policy.require_final`).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from pathlib import Path
 from ..errors import SSPSError
 from .common import (DEFAULT_CONFIG_NAME, InputError, add_cfg_options, add_config, add_load_from, add_seed,
                      add_ssps_imports, add_work_dir, check_data_paths, check_load_from, config_path,
-                     default_work_dir, fail)
+                     default_work_dir, fail, read_policy)
 from .search import SSPS_TYPES
 
 PROG = 'ssps train'
@@ -44,6 +49,9 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
     mode.add_argument('--policy', help='policy.json written by ssps search')
     mode.add_argument('--uniform', metavar='WxAy',
                       help='every searched layer at x-bit weights, y-bit inputs (pinned layers at their bits)')
+    parser.add_argument('--allow-partial', action='store_true',
+                        help='accept a non-final policy (an interrupted search\'s policy.partial.json), '
+                             'with a warning naming its cost against the budget')
     add_load_from(parser, 'full-precision, search or QAT')
     add_work_dir(parser, 'work_dirs/<config name>_qat')
     add_seed(parser, 'the run and of the calibration samples')
@@ -64,6 +72,8 @@ def quant_hook_cfg(cfg, args) -> dict | None:
         quant = dict(type='QuantPolicyHook', **shared)
         if args.policy is not None:
             quant['policy'] = args.policy
+            if getattr(args, 'allow_partial', False):
+                quant['allow_partial'] = True
         else:
             quant['uniform'] = args.uniform
         if args.seed is not None:
@@ -95,6 +105,26 @@ def build_config(args):
     return cfg
 
 
+def check_policy(args, prog: str = PROG) -> None:
+    """``--policy`` is a readable, final policy (or ``--allow-partial``, then its warning is printed).
+
+    Raises:
+        PolicyError: unreadable, not JSON or malformed; PolicyNotFinalError: a search's interim
+            snapshot without ``--allow-partial`` (the message names the option).
+        InputError: ``--allow-partial`` without ``--policy``.
+    """
+    if args.policy is None:
+        if args.allow_partial:
+            raise InputError('--allow-partial applies to --policy (a search\'s policy.partial.json); '
+                             'leave it out with --uniform or FP32 training')
+        return
+    warning = read_policy(args.policy, args.allow_partial)[1]
+    if warning:
+        import sys
+
+        print(f'{prog}: {warning}', file=sys.stderr)
+
+
 def validate(cfg) -> None:
     """Check ``load_from``, data paths, the quantization options and the policy against the model.
 
@@ -102,6 +132,7 @@ def validate(cfg) -> None:
         InputError, SSPSError: one-line messages; the policy's names the first mismatching layer.
     """
     import ssps_nni.mmengine  # noqa: F401  (registries, torch safe globals)
+    from ssps_nni.errors import PolicyError
     from ssps_nni.mmengine.qat import QuantPolicyHook, build_model_from_cfg
 
     check_load_from(cfg.get('load_from', None),
@@ -114,7 +145,11 @@ def validate(cfg) -> None:
                 quant = QuantPolicyHook(**options)
             except TypeError as err:
                 raise InputError(f'invalid QuantPolicyHook option: {err}') from None
-            quant.resolve(build_model_from_cfg(cfg))  # PolicyError names the first mismatching layer
+            try:
+                quant.resolve(build_model_from_cfg(cfg))  # PolicyError names the first mismatching layer
+            except PolicyError as err:
+                raise PolicyError(f'{err}; --policy takes a policy of this config\'s model (the policy.json '
+                                  'that ssps search writes for it, or one of the NNI route with the same layers)') from None
 
 
 def evaluate(runner, cfg) -> dict:
@@ -162,9 +197,11 @@ def summary(res: dict) -> str:
 
 
 def main(argv=None, prog: str = PROG) -> int:
-    """Run ``ssps train``; returns the exit status (0 done, 2 bad input)."""
+    """Run ``ssps train``; returns the exit status (0 done, 2 bad input: also a non-final policy
+    without ``--allow-partial``)."""
     args = parse_args(argv, prog)
     try:
+        check_policy(args, prog)
         cfg = build_config(args)
         validate(cfg)
         from mmengine.runner import Runner
