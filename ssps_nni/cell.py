@@ -74,8 +74,18 @@ class QuantCellMixin:
         return self.w_candidates if slot == "w" else self.a_candidates
 
     def mask(self, slot: str) -> torch.Tensor:
-        """Bool ``(n,)`` of candidates still allowed for ``slot`` (``'w'`` or ``'a'``)."""
-        return getattr(self, f"{slot}_mask").bool()
+        """Bool ``(n,)`` of candidates still allowed for ``slot`` (``'w'`` or ``'a'``).
+
+        Read it, do not write it: the tensor is cached until the uint8 buffer changes (a new
+        buffer object, or an in-place write that bumps its version). Change a mask with
+        :meth:`set_mask`. The search reads masks hundreds of times per step.
+        """
+        buf = self._buffers[slot + "_mask"]
+        cache = self.__dict__.setdefault("_mask_cache", {})
+        hit = cache.get(slot)
+        if hit is None or hit[0] is not buf or hit[1] != buf._version:
+            hit = cache[slot] = (buf, buf._version, buf.bool())
+        return hit[2]
 
     def set_mask(self, slot: str, allowed: torch.Tensor) -> None:
         """Restrict ``slot`` to the candidates where ``allowed`` is True (at least one)."""

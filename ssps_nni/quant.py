@@ -291,15 +291,18 @@ def weight_candidate_scores(w: torch.Tensor, grad: torch.Tensor, scales: torch.T
         float32 ``(n,)``: the first-order change of the loss if ``w_q`` moved to ``Q_j(w)``.
     """
     out = torch.zeros(len(bits), dtype=torch.float32, device=w.device)
+    ok = [True] * len(bits) if allowed is None else [bool(a) for a in allowed.tolist()]
+    idx = [j for j, b in enumerate(bits) if b < FLOAT_BITS and ok[j]]
+    if not idx:
+        return out
+    # every candidate in one batch of k weight copies: a few ops in all, not a few per candidate
     g = grad.reshape(grad.shape[0], -1).float()
     w2 = w.detach().reshape(w.shape[0], -1).float()
-    for j, b in enumerate(bits):
-        if b >= FLOAT_BITS or (allowed is not None and not bool(allowed[j])):
-            continue
-        q_min, q_max = weight_qrange(b)
-        s = scales[j].detach().abs().clamp_min(1e-8).float().reshape(-1, 1)
-        err = torch.clamp(torch.round(w2 / s), q_min, q_max) * s - w2
-        out[j] = (g * err).sum()
+    s = scales.detach()[idx].abs().clamp_min(1e-8).float().unsqueeze(-1)  # (k, C_out, 1)
+    q_max = torch.tensor([weight_qrange(bits[j])[1] for j in idx], dtype=torch.float32, device=w.device)
+    q_max = q_max.reshape(-1, 1, 1)
+    err = torch.div(w2, s).round_().clamp_(-q_max, q_max).mul_(s).sub_(w2)  # Q_j(w) - w, (k, C_out, K)
+    out[idx] = err.mul_(g).sum((1, 2))
     return out
 
 

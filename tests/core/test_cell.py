@@ -249,3 +249,19 @@ def test_search_step_is_the_same_on_the_fused_and_the_composite_quantizer(signal
     assert grads_f.keys() == grads_c.keys() and any(k.startswith(("probe", "logits")) for k in grads_f)
     for name in grads_f:
         torch.testing.assert_close(grads_f[name], grads_c[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_mask_follows_every_change_of_its_buffer():
+    cell, _, x = make_conv_cell(CANDIDATES[6])
+    assert cell.mask("w").tolist() == [True] * 6
+    cell.set_mask("w", torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.bool))
+    assert cell.mask("w").tolist() == [True, True, False, True, True, True]
+    cell.w_mask[0] = 0  # an in-place write (e.g. a buffer broadcast) bumps the buffer's version
+    assert cell.mask("w").tolist() == [False, True, False, True, True, True]
+    cell.w_mask = torch.ones(6, dtype=torch.uint8)  # a new buffer object (e.g. after .to(device))
+    assert cell.mask("w").tolist() == [True] * 6
+    state = {k: v.clone() for k, v in cell.state_dict().items()}
+    state["a_mask"] = torch.tensor([0, 0, 1, 0, 0, 0], dtype=torch.uint8)
+    cell.load_state_dict(state)
+    assert cell.mask("a").tolist() == [False, False, True, False, False, False]
+    assert cell.fixed_index("a") == 2
