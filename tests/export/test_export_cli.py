@@ -60,30 +60,7 @@ def test_cli_float_checkpoint_needs_calibration(saved, tmp_path):
     assert (tmp_path / "a.onnx").is_file()
 
 
-@pytest.mark.parametrize("case", ["missing_checkpoint", "bad_policy", "missing_policy", "wrong_model"])
-def test_cli_errors(saved, tmp_path, case):
-    _, _, _, policy_path, ckpt = saved
-    args = {"policy": str(policy_path), "checkpoint": str(ckpt), "model": "resnet20"}
-    expect = {
-        "missing_checkpoint": "checkpoint not found",
-        "bad_policy": "not valid JSON",
-        "missing_policy": "cannot read policy file",
-        "wrong_model": "is not a Conv2d/Linear of ResNet",
-    }[case]
-    if case == "missing_checkpoint":
-        args["checkpoint"] = str(tmp_path / "nope.pth")
-    elif case == "bad_policy":
-        (tmp_path / "p.json").write_text("{")
-        args["policy"] = str(tmp_path / "p.json")
-    elif case == "missing_policy":
-        args["policy"] = str(tmp_path / "none.json")
-    else:
-        args["model"] = "resnet18"
-    res = run_cli("--policy", args["policy"], "--checkpoint", args["checkpoint"], "--model", args["model"],
-                  "--output", str(tmp_path / "x.onnx"))
-    assert res.returncode == 2, res.stderr
-    assert expect in res.stderr and res.stderr.startswith("ssps export: error:") and res.stderr.count("\n") == 1
-    assert not (tmp_path / "x.onnx").exists()
+# Bad input of ssps export: the table of tests/mmengine/test_bad_input.py.
 
 
 def test_supernet_checkpoint_rows_are_selected(saved):
