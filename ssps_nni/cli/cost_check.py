@@ -146,28 +146,30 @@ def measure_profile(cfg, hook, key: str) -> dict:
             'samples': num_samples}
 
 
-def check(record: dict, options: dict) -> None:
+def check(record: dict, config) -> None:
     """The hook's budget check (``ssps_nni.decider.check_reachable``) on a profile record.
 
-    ``options`` are the hook's: budget, candidates, a_candidates and cost_options (with the
-    defaults of ``ssps_nni.search.SearchConfig``) are applied to the record here.
+    Args:
+        record: a profile record (:func:`measure_profile`).
+        config: the typed :class:`~ssps_nni.search_config.SearchConfig` of the run (its parsed
+            budgets, checked candidates and cost options are applied to the record here; nothing
+            is parsed again), or the hook's options as a dict (built into one here).
 
     Raises:
         InputError: a budget below the cheapest policy (the core's message).
-        SSPSError, ValueError: options the core refuses.
+        SSPSError, ValueError: options the core refuses (a dict ``config`` only).
     """
     import torch
 
-    from ssps_nni.convert import check_candidates
     from ssps_nni.cost import LayerProfile, SpaceCost, build_cost_model
     from ssps_nni.decider import Constraint, check_reachable
     from ssps_nni.errors import BudgetError
-    from ssps_nni.search import SearchConfig
+    from ssps_nni.search_config import SearchConfig
 
-    known = {f.name for f in fields(SearchConfig)} - set(LENGTH_OPTIONS)
-    config = SearchConfig.from_dict({k: v for k, v in options.items() if k in known})
-    w_c = check_candidates(config.candidates, 'weight')
-    a_c = check_candidates(w_c if config.a_candidates is None else config.a_candidates, 'activation')
+    if not isinstance(config, SearchConfig):
+        known = {f.name for f in fields(SearchConfig)} - set(LENGTH_OPTIONS)
+        config = SearchConfig.from_dict({k: v for k, v in config.items() if k in known})
+    w_c, a_c = config.candidates, config.activation_candidates
     profiles = {n: LayerProfile(**p) for n, p in record['profiles'].items()}
     searched, pinned = record['searched'], {n: tuple(b) for n, b in record['pinned'].items()}
     constraints = []
