@@ -14,6 +14,34 @@ input exits with status 2 and one ``ssps search: error:`` line, no traceback and
 the policy table, its cost, the target and the reference costs (FP32, W8A8, all-minimum,
 all-maximum).
 
+Exit status: 0 done (``WORK_DIR/policy.json`` written), 2 bad input, 3 a diverged search,
+130 interrupted (Ctrl-C). Faults and resuming:
+
+- While it runs, the search keeps its snapshot in ``policy.partial.json`` (``"final": false``),
+  which ``ssps train`` and ``ssps export`` refuse without ``--allow-partial``; ``policy.json``
+  appears only when the search is done.
+- Ctrl-C stops with one line (the step reached) and exit status 130; the work dir resumes
+  with ``--resume``. A Ctrl-C during a checkpoint save takes effect when the save is complete
+  (:func:`deferred_sigint`), so the checkpoint and ``last_checkpoint`` are whole.
+- ``--resume`` continues from the checkpoint that the work dir's ``last_checkpoint`` names.
+  A truncated or unreadable one (a kill during its save) is detected first: the newest readable
+  ``epoch_N.pth`` / ``iter_N.pth`` before it is taken instead, with a warning, or the run is
+  refused (exit 2) with a message naming the file (:func:`resume_from`).
+
+``--method`` picks how the policy is found (the same ``WORK_DIR/policy.json`` either way, so
+``ssps train --policy`` and ``ssps export`` take it unchanged):
+
+``ssps`` (default)
+    the SSPS search: the config's training run with its ``SSPSHook``.
+``sensitivity``
+    no training: the model (``load_from`` if set) is converted and calibrated as the search
+    would (same layers, candidates and budget: the config's ``SSPSHook`` options), each
+    layer's sensitivity to its bit-widths is measured on ``--sensitivity-batches`` training
+    batches, and the policy that fills the budget by sensitivity is taken
+    (``ssps_nni.sensitivity``, docs/algorithm.md §10).
+``random``
+    the same set-up, then a random policy within the budget (``--seed``).
+
 ``--method`` picks how the policy is found (the same ``WORK_DIR/policy.json`` either way, so
 ``ssps train --policy`` and ``ssps export`` take it unchanged):
 
@@ -31,8 +59,13 @@ all-maximum).
 from __future__ import annotations
 
 import argparse
-import os.path as osp
+import re
+import signal
+import sys
+import threading
 import time
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import SSPSError
@@ -254,16 +287,109 @@ def validate(cfg):
     return config
 
 
-def check_resume(cfg, args) -> None:
-    """``--resume`` has a checkpoint to continue from (``load_from`` or the work dir's last one).
+#: The checkpoints mmengine's CheckpointHook writes in the work dir.
+CHECKPOINT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
+
+
+def resume_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be resumed from (missing, truncated, not a checkpoint), or None.
+
+    Beyond :func:`ssps_nni.checkpoint.checkpoint_problem` (a zip archive or a pickle), the
+    archive's members are read and their CRCs checked: a file cut short or damaged while it was
+    written is refused here rather than as a traceback inside mmengine's ``resume``.
+    """
+    from ssps_nni.checkpoint import checkpoint_problem
+
+    problem = checkpoint_problem(path)
+    if problem:
+        return f'{problem}; a kill while it was saved leaves it truncated'
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+            return f'{path} is a damaged checkpoint archive ({err})'
+        if bad is not None:
+            return f'{path} is a damaged checkpoint archive (member {bad} fails its CRC check)'
+    return None
+
+
+def _checkpoint_number(path: Path) -> int:
+    return int(CHECKPOINT_NAME.match(path.name).group(2))
+
+
+def resume_from(work_dir: str, warn=None) -> str:
+    """The checkpoint ``--resume`` continues from: the one ``last_checkpoint`` names if it is whole.
+
+    Args:
+        work_dir: the interrupted search's work dir.
+        warn: called with a one-line warning when an earlier checkpoint is taken instead.
+
+    Returns:
+        The path of a checkpoint that :func:`resume_problem` accepts: the one named by
+        ``WORK_DIR/last_checkpoint``, or else the newest readable ``epoch_N.pth`` / ``iter_N.pth``
+        of the work dir saved before it.
 
     Raises:
-        InputError: neither is there.
+        InputError: no ``last_checkpoint`` file; or the checkpoint it names is truncated,
+            unreadable or missing and no earlier one is readable (the message names the file).
     """
-    if args.resume and cfg.get('load_from') is None and not osp.isfile(osp.join(cfg.work_dir, 'last_checkpoint')):
-        raise InputError(f'--resume found no checkpoint of an earlier search in {cfg.work_dir} '
+    work = Path(work_dir)
+    pointer = work / 'last_checkpoint'
+    if not pointer.is_file():
+        raise InputError(f'--resume found no checkpoint of an earlier search in {work_dir} '
                          '(no last_checkpoint file); give the --work-dir of the interrupted run, '
                          'or leave out --resume to start a new search')
+    try:
+        named = pointer.read_text().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        named, problem = '', f'{pointer} cannot be read ({err})'
+    else:
+        problem = None if named else f'{pointer} is empty'
+    latest = Path(named) if named else None
+    if latest is not None and not latest.is_file() and (work / latest.name).is_file():
+        latest = work / latest.name  # the work dir was moved or given by another relative path
+    if latest is not None:
+        problem = resume_problem(latest)
+        if problem is None:
+            return str(latest)
+    earlier = sorted((p for p in work.iterdir() if CHECKPOINT_NAME.match(p.name)
+                      and (latest is None or p.resolve() != latest.resolve())),
+                     key=lambda p: (_checkpoint_number(p), p.stat().st_mtime), reverse=True)
+    if latest is not None and CHECKPOINT_NAME.match(latest.name):
+        kind = CHECKPOINT_NAME.match(latest.name).group(1)
+        earlier = [p for p in earlier if p.name.startswith(kind + '_')
+                   and _checkpoint_number(p) < _checkpoint_number(latest)]
+    for candidate in earlier:
+        if resume_problem(candidate) is None:
+            if warn is not None:
+                warn(f'the latest checkpoint cannot be resumed: {problem}; resuming from the previous one, '
+                     f'{candidate} (the steps after it are trained again)')
+            return str(candidate)
+    raise InputError(f'--resume cannot continue the search in {work_dir}: {problem} (named by {pointer}), and no '
+                     'earlier epoch_N.pth or iter_N.pth there is readable. Give --load-from PTH with a whole '
+                     'checkpoint of this search, or leave out --resume to start a new search')
+
+
+def check_resume(cfg, args, warn=None) -> None:
+    """``--resume`` has a whole checkpoint to continue from (``load_from`` or the work dir's latest).
+
+    With ``--resume`` and no ``--load-from``, ``cfg.load_from`` is set to the checkpoint of
+    :func:`resume_from` (mmengine resumes from ``load_from`` when ``resume`` is set), so a
+    truncated latest checkpoint is never handed to mmengine.
+
+    Raises:
+        InputError: no checkpoint to resume from, or none that is whole (names the file).
+    """
+    if not args.resume:
+        return
+    if cfg.get('load_from') is None:
+        cfg.load_from = resume_from(cfg.work_dir, warn)
+        cfg.resume = True
+    else:
+        problem = resume_problem(cfg.load_from)
+        if problem:
+            raise InputError(f'--resume --load-from: {problem}; give a whole checkpoint of this search')
 
 
 def search_total_steps(hook) -> int:
@@ -303,12 +429,35 @@ def check_budget_reachable(cfg, config=None) -> None:
         raise InputError(f'invalid SSPS option: {err}') from None
 
 
-def print_result(work_dir: str) -> None:
-    """The policy table, its cost vs the target and the reference costs."""
-    from ssps_nni.mmengine.report import cost_lines
-    from ssps_nni.policy import load_policy
+def partial_status(work_dir: str) -> str:
+    """One phrase on what the work dir holds instead of a ``policy.json`` (the snapshot's status)."""
+    from ssps_nni.errors import SSPSError as CoreError
+    from ssps_nni.policy import PARTIAL_POLICY_JSON, load_policy
 
-    path = Path(work_dir) / 'policy.json'
+    path = Path(work_dir) / PARTIAL_POLICY_JSON
+    if not path.is_file():
+        return f'no {PARTIAL_POLICY_JSON} either (no decision made yet)'
+    try:
+        return f'its snapshot {path} is not final: {load_policy(path).status()}'
+    except CoreError as err:
+        return f'its snapshot {path} cannot be read ({err})'
+
+
+def print_result(work_dir: str) -> bool:
+    """The policy table, its cost vs the target and the reference costs.
+
+    Returns:
+        False (and one line on the partial snapshot instead) when the work dir holds no
+        ``policy.json``: the search did not finish (interrupted, or stopped early on another rank).
+    """
+    from ssps_nni.mmengine.report import cost_lines
+    from ssps_nni.policy import POLICY_JSON, load_policy
+
+    path = Path(work_dir) / POLICY_JSON
+    if not path.is_file():
+        print(f'no {POLICY_JSON} in {work_dir}: the search did not finish; {partial_status(work_dir)}. '
+              'Resume it with --resume.')
+        return False
     policy = load_policy(path)
     print('\n' + policy.table())
     print()
@@ -316,15 +465,89 @@ def print_result(work_dir: str) -> None:
         print(line)
     figure = path.with_suffix('.png')
     print(f'policy: {path}  figure: {figure if figure.is_file() else "none"}')
+    return True
+
+
+# -- interruption --------------------------------------------------------------------------------
+
+#: Runner hooks under which mmengine's CheckpointHook saves (by iteration, by epoch, best).
+SAVE_POINTS = frozenset({'after_train_iter', 'after_train_epoch', 'after_val_epoch'})
+
+
+@contextmanager
+def deferred_sigint():
+    """Hold a SIGINT (Ctrl-C) until the block is done, then raise ``KeyboardInterrupt``.
+
+    Around the runner hooks that save checkpoints, so that a Ctrl-C during the save leaves a
+    whole checkpoint and ``last_checkpoint`` naming it (not mmengine's "Failed to format the
+    config file" from an interrupted ``pretty_text``, nor a half-written file). Outside the main
+    thread (where signal handlers cannot be set) the block runs as is.
+
+    Raises:
+        KeyboardInterrupt: after the block, if a SIGINT arrived during it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def defer_sigint_in_saves(runner) -> None:
+    """Run ``runner``'s checkpoint-saving hooks (:data:`SAVE_POINTS`) under :func:`deferred_sigint`."""
+    call_hook = runner.call_hook
+
+    def guarded(fn_name: str, **kwargs):
+        if fn_name not in SAVE_POINTS:
+            return call_hook(fn_name, **kwargs)
+        with deferred_sigint():
+            return call_hook(fn_name, **kwargs)
+
+    runner.call_hook = guarded
+
+
+def interrupted_message(cfg, args) -> str:
+    """The one line of an interrupted search: the step reached and how to resume."""
+    runner = getattr(args, 'runner', None)
+    if args.method != 'ssps':
+        return f'interrupted; --method {args.method} trains nothing and has nothing to resume: run it again'
+    if runner is None:
+        return 'interrupted before the search started; nothing to resume (run the command again)'
+    step = None
+    for hook in getattr(runner, 'hooks', []):
+        search = getattr(hook, 'search', None)
+        if type(hook).__name__ == 'SSPSHook' and search is not None:
+            step = f'step {search.step} of {search.config.total_steps}'
+    where = f'{step or "the start"} (epoch {runner.epoch + 1}, iteration {runner.iter})'
+    pointer = Path(cfg.work_dir) / 'last_checkpoint'
+    last = pointer.read_text().strip() if pointer.is_file() else ''
+    if not last:
+        return (f'interrupted at {where}, before the first checkpoint: nothing to resume; '
+                f'run the command again without --resume ({cfg.work_dir} holds no policy.json)')
+    return (f'interrupted at {where}; resume with --resume (the same command and --work-dir {cfg.work_dir}, '
+            f'from {last}); no policy.json was written, {partial_status(cfg.work_dir)}')
 
 
 # -- methods -------------------------------------------------------------------------------------
 
 def run_ssps(cfg, args) -> None:
-    """The SSPS search: the config's training run; its ``SSPSHook`` writes the policy."""
+    """The SSPS search: the config's training run; its ``SSPSHook`` writes the policy.
+
+    The runner is kept as ``args.runner`` (for :func:`interrupted_message`); a Ctrl-C during a
+    checkpoint save takes effect after it (:func:`defer_sigint_in_saves`).
+    """
     from mmengine.runner import Runner
 
-    Runner.from_cfg(cfg).train()
+    runner = Runner.from_cfg(cfg)
+    args.runner = runner
+    defer_sigint_in_saves(runner)
+    runner.train()
 
 
 def prepared_search(cfg):
@@ -437,10 +660,30 @@ def write_policy(runner, policy, what: str, start: float, detail: str = '') -> N
 
 RUNS = {'ssps': run_ssps, 'sensitivity': run_sensitivity, 'random': run_random}
 
+#: What a LUT file holds (ssps_nni.cost.LutCost), added to the core's LUT messages.
+LUT_FORM = ("a JSON object {'unit': 'ms', 'layers': {LAYER: {'w4a4': COST, ...}}, 'signatures': "
+            "{SIGNATURE: {'w4a4': COST, ...}}}, its path given by the hook's cost_options={'lut': {'path': FILE}} "
+            "(--cfg-options custom_hooks.0.cost_options.lut.path=FILE)")
+
+
+def explained(err: BaseException) -> BaseException:
+    """``err``, with the accepted LUT form added to a LUT message that does not give it."""
+    text = str(err)
+    if 'LUT' in text and 'cost_options' not in text:
+        return InputError(f'{text}; a LUT is {LUT_FORM}')
+    return err
+
 
 def main(argv=None, prog: str = PROG) -> int:
-    """Run ``ssps search``; returns the exit status (0 done, 2 bad input, 3 a diverged search)."""
+    """Run ``ssps search``; returns the exit status.
+
+    Returns:
+        0 done, 2 bad input (one ``ssps search: error:`` line), 3 a diverged search,
+        130 interrupted (Ctrl-C; one ``ssps search: interrupted ...`` line naming the step and
+        how to resume).
+    """
     args = parse_args(argv, prog)
+    cfg = None
     try:
         # cheapest first: the training stack (mmpretrain, mmdet, the runner) is imported only
         # once the options, the paths and the budget have passed
@@ -448,11 +691,17 @@ def main(argv=None, prog: str = PROG) -> int:
         cfg = build_config(args)
         config = search_config(cfg)  # the typed config, built once: budget parsed, candidates checked
         check_inputs(cfg)
-        check_resume(cfg, args)
+        check_resume(cfg, args, warn=lambda text: print(f'{prog}: warning: {text}', file=sys.stderr))
         check_budget_reachable(cfg, config)
         build_hook(cfg, config)
         RUNS[args.method](cfg, args)
     except (InputError, SSPSError) as err:
-        return fail(prog, err)
+        return fail(prog, explained(err))
+    except KeyboardInterrupt:
+        if cfg is None:
+            print(f'{prog}: interrupted before the search started; nothing was written', file=sys.stderr)
+        else:
+            print(f'{prog}: {interrupted_message(cfg, args)}', file=sys.stderr)
+        return 130
     print_result(cfg.work_dir)
     return 0

@@ -127,12 +127,12 @@ CASES = {
     # -- ssps search: candidates
     'search: candidates not integers': ('search', lambda i: ['--candidates', '2,x,8'], 'is not a list of bit-widths',
                                         'comma-separated integer bit-widths in 2..32'),
-    'search: candidates 40': ('search', lambda i: ['--candidates', '2,40'], 'bit-width 40 outside 2..32',
-                              'accepted: comma-separated'),
-    'search: candidates 1': ('search', lambda i: ['--candidates', '1,2,4'], 'bit-width 1 outside 2..32',
-                             'accepted: comma-separated'),
-    'search: candidates empty': ('search', lambda i: ['--candidates', ''], '--candidates is empty',
-                                 'accepted: comma-separated'),
+    'search: candidates 40': ('search', lambda i: ['--candidates', '2,40'], 'weight candidate 40',
+                              'is not an integer in 2..32'),
+    'search: candidates 1': ('search', lambda i: ['--candidates', '1,2,4'], 'weight candidate 1 is below 2',
+                             'accepted: integers 2..32'),
+    'search: candidates empty': ('search', lambda i: ['--candidates', ''], 'weight candidate list is empty',
+                                 'give bit-widths in 2..32'),
     # -- ssps search: configs, hook options, data
     'search: config missing': ('search', lambda i: [str(i.tmp / 'no_such_config.py')], 'does not exist',
                                'give a path to an mmengine config'),

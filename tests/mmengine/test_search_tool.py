@@ -2,14 +2,14 @@
 methods (``--method sensitivity`` / ``random``) on the shipped subset config, their policy
 retrained by ``ssps train``, and their options' bad input.
 
-The end-to-end and resume runs use fresh interpreters (the real command line); the bad-input
-cases call ``main(argv)`` in-process, since they stop before training.
+The end-to-end and resume runs use fresh interpreters (the real command line); the bad input
+is in the table of ``test_bad_input.py`` (in-process ``main(argv)``), faults and interruptions in
+``test_faults.py``.
 """
 from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +19,7 @@ pytest.importorskip('mmpretrain')
 import ssps_nni.mmengine  # noqa: E402,F401  (torch safe globals for the checkpoint checks)
 from ssps_nni.policy import load_policy  # noqa: E402
 
-from mm_search_helpers import ROOT, SUBSET_CONFIG, TRAIN_TOOL, run_search_tool, run_tool  # noqa: E402
+from mm_search_helpers import SUBSET_CONFIG, TRAIN_TOOL, run_search_tool, run_tool  # noqa: E402
 
 
 def _searched(policy):
@@ -68,50 +68,8 @@ def test_resume_gives_the_same_policy(full_run, tiny_config, tmp_path):
     assert resumed.meta['totals'] == straight.meta['totals']
 
 
-BAD_INPUT = [
-    (['--budget', 'bitops=W4'], 'accepted forms'),
-    (['--budget', 'latency=3ms'], 'accepted'),
-    (['--candidates', '2,x,8'], 'comma-separated'),
-    (['--candidates', '2,40'], 'weight candidate 40 is not an integer in 2..32'),
-    (['--candidates', '1,2,4'], 'weight candidate 1 is below 2'),
-    (['--resume'], 'found no checkpoint'),
-    (['--load-from', 'no/such/checkpoint.pth'], 'not a local file'),
-    (['--load-from', str(Path(__file__).resolve().parents[2] / 'README.md')], 'is not a PyTorch checkpoint'),
-    (['--cfg-options', 'train_dataloader.dataset.archive=/no/such/subset.tar.gz'], 'does not exist'),
-]
-
-
-@pytest.mark.parametrize('args, message', BAD_INPUT, ids=[' '.join(a) for a, _ in BAD_INPUT])
-def test_bad_input_fails_before_training(search_tool, tiny_config, tmp_path, capsys, args, message):
-    code = search_tool.main([str(tiny_config), '--work-dir', str(tmp_path), *args])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert message in err and 'Traceback' not in err
-    assert not (tmp_path / 'policy.json').exists()
-
-
-def test_missing_data_root_is_refused(search_tool, tmp_path, capsys):
-    config = ROOT / 'mmdet_configs' / 'cifar10_resnet20_ssps.py'
-    code = search_tool.main([str(config), '--work-dir', str(tmp_path), '--cfg-options',
-                             'train_dataloader.dataset.data_root=/no/such/cifar10'])
-    err = capsys.readouterr().err
-    assert code == 2 and 'data_root' in err and '/no/such/cifar10' in err
-    assert not (tmp_path / 'policy.json').exists()
-
-
-def test_unreachable_budget_fails_before_the_first_step(search_tool, tiny_config, tmp_path, capsys):
-    code = search_tool.main([str(tiny_config), '--work-dir', str(tmp_path), '--budget', 'bitops=1000'])
-    err = capsys.readouterr().err
-    assert code == 2 and 'unreachable' in err and 'Reachable range' in err
-    assert not (tmp_path / 'policy.json').exists()
-    assert not list(tmp_path.glob('*.pth'))
-
-
-def test_bad_input_from_the_command_line_has_no_traceback(tiny_config, tmp_path):
-    result = run_search_tool(tiny_config, '--work-dir', tmp_path, '--budget', 'bitops=W4A4A4')
-    assert result.returncode == 2
-    assert 'accepted forms' in result.stderr and 'Traceback' not in result.stderr
-    assert not (tmp_path / 'policy.json').exists()
+# The bad input of ssps search (budgets, candidates, configs, checkpoints, LUT files, method options)
+# is in the table of test_bad_input.py.
 
 
 @pytest.mark.slow
@@ -201,34 +159,6 @@ def test_train_tool_retrains_a_one_shot_policy(one_shot_runs, fp32_checkpoint, t
     assert res['mode'] == 'policy' and 0 <= res['metrics']['accuracy/top1'] <= 100
     bitops = json.loads(policy.read_text())['totals']['bitops']['policy']
     assert res['bitops']['value'] == pytest.approx(bitops, rel=1e-6)
-
-
-METHOD_INPUT = [
-    (['--method', 'sensitivity', '--sensitivity-batches', '0'], '--sensitivity-batches must be >= 1'),
-    (['--method', 'sensitivity', '--sensitivity-batches', '-3'], '--sensitivity-batches must be >= 1'),
-    (['--method', 'random', '--sensitivity-batches', '4'], 'used only by --method sensitivity'),
-    (['--sensitivity-batches', '4'], 'used only by --method sensitivity'),
-    (['--method', 'random', '--resume'], 'nothing to resume'),
-]
-
-
-@pytest.mark.parametrize('args, message', METHOD_INPUT, ids=[' '.join(a) for a, _ in METHOD_INPUT])
-def test_bad_method_options_exit_2(search_tool, tiny_config, tmp_path, capsys, args, message):
-    code = search_tool.main([str(tiny_config), '--work-dir', str(tmp_path), *args])
-    err = capsys.readouterr().err
-    assert code == 2 and message in err and 'ssps search: error:' in err and 'Traceback' not in err
-    assert not (tmp_path / 'policy.json').exists()
-
-
-def test_unknown_method_and_bad_batches_from_the_command_line(tiny_config, tmp_path):
-    for args, message in ((['--method', 'foo'], "invalid choice: 'foo'"),
-                          (['--method', 'sensitivity', '--sensitivity-batches', 'x'], 'invalid int value'),
-                          (['--method', 'sensitivity', '--sensitivity-batches', '0'], 'must be >= 1')):
-        result = run_search_tool(tiny_config, '--work-dir', tmp_path, *args)
-        assert result.returncode == 2, args
-        assert message in result.stderr and 'ssps search: error:' in result.stderr
-        assert 'Traceback' not in result.stderr
-    assert not (tmp_path / 'policy.json').exists()
 
 
 def test_one_shot_method_refuses_an_unreachable_budget(search_tool, tiny_config, fp32_checkpoint, tmp_path,
