@@ -41,20 +41,6 @@ Exit status: 0 done (``WORK_DIR/policy.json`` written), 2 bad input, 3 a diverge
     (``ssps_nni.sensitivity``, docs/algorithm.md §10).
 ``random``
     the same set-up, then a random policy within the budget (``--seed``).
-
-``--method`` picks how the policy is found (the same ``WORK_DIR/policy.json`` either way, so
-``ssps train --policy`` and ``ssps export`` take it unchanged):
-
-``ssps`` (default)
-    the SSPS search: the config's training run with its ``SSPSHook``.
-``sensitivity``
-    no training: the model (``load_from`` if set) is converted and calibrated as the search
-    would (same layers, candidates and budget: the config's ``SSPSHook`` options), each
-    layer's sensitivity to its bit-widths is measured on ``--sensitivity-batches`` training
-    batches, and the policy that fills the budget by sensitivity is taken
-    (``ssps_nni.sensitivity``, docs/algorithm.md §10).
-``random``
-    the same set-up, then a random policy within the budget (``--seed``).
 """
 from __future__ import annotations
 
