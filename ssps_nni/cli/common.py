@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / 'mmdet_configs'
 DEFAULT_CONFIG = CONFIGS / 'cifar10_resnet20_ssps_subset.py'
 DEFAULT_CONFIG_NAME = 'mmdet_configs/cifar10_resnet20_ssps_subset.py'
-CANDIDATE_FORM = 'comma-separated integer bit-widths in 2..32, e.g. 2,3,4,6,8 (32 = not quantized)'
+CANDIDATE_FORM = ('comma-separated integer bit-widths, e.g. 2,3,4,6,8: weights in 2..32, activations in 1..32 '
+                  '(32 = not quantized)')
 #: Shown by ``--help``; ``ssps_nni.cost.BUDGET_FORMS`` is the parser's own list (imports torch).
 BUDGET_HELP = ('hardware budget(s), comma-separated, e.g. bitops=W4A4, bitops=1.2G, size=1.5MB, '
                'bitfusion=W4A4, lut=3.5 or bitops=W4A4,size=1.5MB')
@@ -115,41 +116,6 @@ def add_candidates(parser: argparse.ArgumentParser) -> None:
 
 
 # -- checks of the shared arguments ----------------------------------------------------------------
-
-def parse_candidates(text: str) -> tuple[int, ...]:
-    """``'2,4,8'`` -> ``(2, 4, 8)``: the bit-widths of weights and activations alike.
-
-    Raises:
-        InputError: not integers, empty, or a bit-width outside 2..32 (weights need 2 bits).
-    """
-    try:
-        values = tuple(int(v) for v in text.split(',') if v.strip())
-    except ValueError:
-        raise InputError(f'--candidates {text!r} is not a list of bit-widths; accepted: {CANDIDATE_FORM}') from None
-    if not values:
-        raise InputError(f'--candidates is empty; accepted: {CANDIDATE_FORM}')
-    bad = [v for v in values if not 2 <= v <= 32]
-    if bad:
-        raise InputError(f'--candidates {text!r} has bit-width {bad[0]} outside 2..32; accepted: {CANDIDATE_FORM}')
-    return values
-
-
-def check_budget(text: str) -> None:
-    """Parse ``--budget`` with the core's parser (:func:`ssps_nni.cost.parse_budgets`, docs/algorithm.md §4).
-
-    Imports torch (the core's cost module), not the training stack.
-
-    Raises:
-        InputError: malformed, unknown cost, two budgets on one cost (the core's message).
-    """
-    from ssps_nni.cost import parse_budgets
-    from ssps_nni.errors import SSPSError
-
-    try:
-        parse_budgets(text)
-    except SSPSError as err:
-        raise InputError(f'--budget: {err}') from None
-
 
 def dataset_paths(dataset) -> list[tuple[str, str]]:
     """``(key, path)`` of the local data a dataset config points at (wrappers included)."""

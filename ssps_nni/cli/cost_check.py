@@ -127,7 +127,7 @@ def measure_profile(cfg, hook, key: str) -> dict:
     from ssps_nni.mmengine.qat import build_model_from_cfg
     from ssps_nni.search import SSPSSearch
 
-    from .search import search_total_steps
+    from .methods import search_total_steps
 
     loader_cfg = dict(cfg.train_dataloader, num_workers=0, persistent_workers=False)
     with DefaultScope.overwrite_default_scope(cfg.get('default_scope', None)), preserved_rng():

@@ -22,11 +22,11 @@ Exit status: 0 done (``WORK_DIR/policy.json`` written), 2 bad input, 3 a diverge
   appears only when the search is done.
 - Ctrl-C stops with one line (the step reached) and exit status 130; the work dir resumes
   with ``--resume``. A Ctrl-C during a checkpoint save takes effect when the save is complete
-  (:func:`deferred_sigint`), so the checkpoint and ``last_checkpoint`` are whole.
+  (:func:`ssps_nni.cli.resume.deferred_sigint`), so the checkpoint and ``last_checkpoint`` are whole.
 - ``--resume`` continues from the checkpoint that the work dir's ``last_checkpoint`` names.
   A truncated or unreadable one (a kill during its save) is detected first: the newest readable
   ``epoch_N.pth`` / ``iter_N.pth`` before it is taken instead, with a warning, or the run is
-  refused (exit 2) with a message naming the file (:func:`resume_from`).
+  refused (exit 2) with a message naming the file (:func:`ssps_nni.cli.resume.resume_from`).
 
 ``--method`` picks how the policy is found (the same ``WORK_DIR/policy.json`` either way, so
 ``ssps train --policy`` and ``ssps export`` take it unchanged):
@@ -45,16 +45,12 @@ Exit status: 0 done (``WORK_DIR/policy.json`` written), 2 bad input, 3 a diverge
 from __future__ import annotations
 
 import argparse
-import re
-import signal
 import sys
-import threading
-import time
-import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import SSPSError
+from .methods import run_random, run_sensitivity
+from .resume import check_resume, defer_sigint_in_saves
 from .common import (DEFAULT_CONFIG_NAME, InputError, add_budget, add_candidates, add_cfg_options, add_config,
                      add_load_from, add_seed, add_ssps_imports, add_work_dir, check_data_paths, check_load_from,
                      config_path, default_work_dir, fail, CANDIDATE_FORM)
@@ -273,117 +269,6 @@ def validate(cfg):
     return config
 
 
-#: The checkpoints mmengine's CheckpointHook writes in the work dir.
-CHECKPOINT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
-
-
-def resume_problem(path: str | Path) -> str | None:
-    """Why ``path`` cannot be resumed from (missing, truncated, not a checkpoint), or None.
-
-    Beyond :func:`ssps_nni.checkpoint.checkpoint_problem` (a zip archive or a pickle), the
-    archive's members are read and their CRCs checked: a file cut short or damaged while it was
-    written is refused here rather than as a traceback inside mmengine's ``resume``.
-    """
-    from ssps_nni.checkpoint import checkpoint_problem
-
-    problem = checkpoint_problem(path)
-    if problem:
-        return f'{problem}; a kill while it was saved leaves it truncated'
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                bad = archive.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-            return f'{path} is a damaged checkpoint archive ({err})'
-        if bad is not None:
-            return f'{path} is a damaged checkpoint archive (member {bad} fails its CRC check)'
-    return None
-
-
-def _checkpoint_number(path: Path) -> int:
-    return int(CHECKPOINT_NAME.match(path.name).group(2))
-
-
-def resume_from(work_dir: str, warn=None) -> str:
-    """The checkpoint ``--resume`` continues from: the one ``last_checkpoint`` names if it is whole.
-
-    Args:
-        work_dir: the interrupted search's work dir.
-        warn: called with a one-line warning when an earlier checkpoint is taken instead.
-
-    Returns:
-        The path of a checkpoint that :func:`resume_problem` accepts: the one named by
-        ``WORK_DIR/last_checkpoint``, or else the newest readable ``epoch_N.pth`` / ``iter_N.pth``
-        of the work dir saved before it.
-
-    Raises:
-        InputError: no ``last_checkpoint`` file; or the checkpoint it names is truncated,
-            unreadable or missing and no earlier one is readable (the message names the file).
-    """
-    work = Path(work_dir)
-    pointer = work / 'last_checkpoint'
-    if not pointer.is_file():
-        raise InputError(f'--resume found no checkpoint of an earlier search in {work_dir} '
-                         '(no last_checkpoint file); give the --work-dir of the interrupted run, '
-                         'or leave out --resume to start a new search')
-    try:
-        named = pointer.read_text().strip()
-    except (OSError, UnicodeDecodeError) as err:
-        named, problem = '', f'{pointer} cannot be read ({err})'
-    else:
-        problem = None if named else f'{pointer} is empty'
-    latest = Path(named) if named else None
-    if latest is not None and not latest.is_file() and (work / latest.name).is_file():
-        latest = work / latest.name  # the work dir was moved or given by another relative path
-    if latest is not None:
-        problem = resume_problem(latest)
-        if problem is None:
-            return str(latest)
-    earlier = sorted((p for p in work.iterdir() if CHECKPOINT_NAME.match(p.name)
-                      and (latest is None or p.resolve() != latest.resolve())),
-                     key=lambda p: (_checkpoint_number(p), p.stat().st_mtime), reverse=True)
-    if latest is not None and CHECKPOINT_NAME.match(latest.name):
-        kind = CHECKPOINT_NAME.match(latest.name).group(1)
-        earlier = [p for p in earlier if p.name.startswith(kind + '_')
-                   and _checkpoint_number(p) < _checkpoint_number(latest)]
-    for candidate in earlier:
-        if resume_problem(candidate) is None:
-            if warn is not None:
-                warn(f'the latest checkpoint cannot be resumed: {problem}; resuming from the previous one, '
-                     f'{candidate} (the steps after it are trained again)')
-            return str(candidate)
-    raise InputError(f'--resume cannot continue the search in {work_dir}: {problem} (named by {pointer}), and no '
-                     'earlier epoch_N.pth or iter_N.pth there is readable. Give --load-from PTH with a whole '
-                     'checkpoint of this search, or leave out --resume to start a new search')
-
-
-def check_resume(cfg, args, warn=None) -> None:
-    """``--resume`` has a whole checkpoint to continue from (``load_from`` or the work dir's latest).
-
-    With ``--resume`` and no ``--load-from``, ``cfg.load_from`` is set to the checkpoint of
-    :func:`resume_from` (mmengine resumes from ``load_from`` when ``resume`` is set), so a
-    truncated latest checkpoint is never handed to mmengine.
-
-    Raises:
-        InputError: no checkpoint to resume from, or none that is whole (names the file).
-    """
-    if not args.resume:
-        return
-    if cfg.get('load_from') is None:
-        cfg.load_from = resume_from(cfg.work_dir, warn)
-        cfg.resume = True
-    else:
-        problem = resume_problem(cfg.load_from)
-        if problem:
-            raise InputError(f'--resume --load-from: {problem}; give a whole checkpoint of this search')
-
-
-def search_total_steps(hook) -> int:
-    """A search length the hook's warm-up fits in (one-shot methods take no search step)."""
-    warmup = hook.warmup_steps
-    return int(warmup) + 1 if isinstance(warmup, int) and not isinstance(warmup, bool) else 1
-
-
 def check_budget_reachable(cfg, config=None) -> None:
     """Refuse an unreachable budget before the runner, with the hook's own check (docs/algorithm.md §4).
 
@@ -454,50 +339,6 @@ def print_result(work_dir: str) -> bool:
     return True
 
 
-# -- interruption --------------------------------------------------------------------------------
-
-#: Runner hooks under which mmengine's CheckpointHook saves (by iteration, by epoch, best).
-SAVE_POINTS = frozenset({'after_train_iter', 'after_train_epoch', 'after_val_epoch'})
-
-
-@contextmanager
-def deferred_sigint():
-    """Hold a SIGINT (Ctrl-C) until the block is done, then raise ``KeyboardInterrupt``.
-
-    Around the runner hooks that save checkpoints, so that a Ctrl-C during the save leaves a
-    whole checkpoint and ``last_checkpoint`` naming it (not mmengine's "Failed to format the
-    config file" from an interrupted ``pretty_text``, nor a half-written file). Outside the main
-    thread (where signal handlers cannot be set) the block runs as is.
-
-    Raises:
-        KeyboardInterrupt: after the block, if a SIGINT arrived during it.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
-
-
-def defer_sigint_in_saves(runner) -> None:
-    """Run ``runner``'s checkpoint-saving hooks (:data:`SAVE_POINTS`) under :func:`deferred_sigint`."""
-    call_hook = runner.call_hook
-
-    def guarded(fn_name: str, **kwargs):
-        if fn_name not in SAVE_POINTS:
-            return call_hook(fn_name, **kwargs)
-        with deferred_sigint():
-            return call_hook(fn_name, **kwargs)
-
-    runner.call_hook = guarded
-
-
 def interrupted_message(cfg, args) -> str:
     """The one line of an interrupted search: the step reached and how to resume."""
     runner = getattr(args, 'runner', None)
@@ -534,114 +375,6 @@ def run_ssps(cfg, args) -> None:
     args.runner = runner
     defer_sigint_in_saves(runner)
     runner.train()
-
-
-def prepared_search(cfg):
-    """The search set-up without training: ``(runner, model, search, train_loader)``.
-
-    The runner builds the work dir, logger and model (``train()`` is not called); ``load_from``
-    is loaded into the float model; :class:`~ssps_nni.search.SSPSSearch` converts it with the
-    config's ``SSPSHook`` options and :meth:`~ssps_nni.search.SSPSSearch.prepare` profiles,
-    calibrates and checks the budget on training batches, as ``SSPSHook.before_train`` does.
-
-    Raises:
-        BudgetError: an unreachable budget.
-    """
-    from mmengine.model import is_model_wrapper
-    from mmengine.runner import Runner, load_checkpoint
-
-    from ssps_nni.mmengine.calibration import calibration_loader, forward_fn, preserved_rng
-    from ssps_nni.search import SSPSSearch
-
-    hook = build_hook(cfg)
-    runner = Runner.from_cfg(cfg)
-    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-    if cfg.get('load_from', None):
-        runner.logger.info(f'Load checkpoint from {cfg.load_from} (into the float model)')
-        load_checkpoint(model, cfg.load_from, map_location='cpu', strict=False, logger=runner.logger)
-    search = SSPSSearch(model, hook.search_config(search_total_steps(hook)))
-    seed = search.config.seed
-    train_loader = runner.build_dataloader(cfg.train_dataloader, seed=seed)
-    run, num_samples = forward_fn(model, calibration_loader(train_loader, hook.calib_batches,
-                                                            hook.calib_batch_size, seed=seed))
-    with preserved_rng():
-        search.prepare(run, num_samples)
-    space = search.space
-    runner.logger.info(f'{len(space.cells)} layers converted ({len(space.searched)} searched, '
-                       f'{len(space.pinned)} pinned, {len(search.excluded)} excluded), calibrated on '
-                       f'{num_samples} training samples')
-    return runner, model, search, train_loader
-
-
-def cycled_batches(loader, count: int):
-    """``count`` batches of ``loader``, starting over (next epoch of its sampler) when it ends."""
-    done, epoch = 0, 0
-    while done < count:
-        if hasattr(loader.sampler, 'set_epoch'):
-            loader.sampler.set_epoch(epoch)
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-            done += 1
-            if done >= count:
-                return
-        if empty:
-            raise InputError('the training dataloader yields no batch; the sensitivity method needs training data')
-        epoch += 1
-
-
-def loss_function(model):
-    """``loss_fn(batch)``: the task loss of an mmengine model on a data batch (training mode)."""
-
-    def loss_fn(batch):
-        data = model.data_preprocessor(batch, True)
-        losses = model(**data, mode='loss')
-        loss, _ = model.parse_losses(losses)
-        return loss
-
-    return loss_fn
-
-
-def run_sensitivity(cfg, args) -> None:
-    """Per-layer sensitivity on ``--sensitivity-batches`` training batches; the policy that fills the budget."""
-    from ssps_nni.sensitivity import sensitivity_policy, sensitivity_scores
-
-    start = time.perf_counter()
-    runner, model, search, loader = prepared_search(cfg)
-    ready = time.perf_counter()
-    n = args.sensitivity_batches
-    scores = sensitivity_scores(search, loss_function(model), cycled_batches(loader, n), num_batches=n)
-    measured = time.perf_counter()
-    policy = sensitivity_policy(search, scores)
-    solved = time.perf_counter()
-    write_policy(runner, policy, f'sensitivity on {n} training batches', start,
-                 f'set-up {ready - start:.1f} s, measurement {measured - ready:.1f} s '
-                 f'({(measured - ready) / n:.2f} s per batch), solve {solved - measured:.1f} s')
-
-
-def run_random(cfg, args) -> None:
-    """A random policy within the budget, drawn with the search's seed (``--seed``)."""
-    from ssps_nni.sensitivity import random_policy
-
-    start = time.perf_counter()
-    runner, _, search, _ = prepared_search(cfg)
-    policy = random_policy(search, search.config.seed)
-    write_policy(runner, policy, f'random (seed {search.config.seed})', start)
-
-
-def write_policy(runner, policy, what: str, start: float, detail: str = '') -> None:
-    """``policy.json`` and ``policy.png`` (no search history) in the work dir; log time and cost."""
-    from ssps_nni.policy import plot_policy
-
-    work_dir = Path(runner.work_dir)
-    policy.save(work_dir / 'policy.json')
-    plot_policy(policy, [], work_dir / 'policy.png')
-    seconds = time.perf_counter() - start
-    costs = ', '.join(f'{name} {t["policy"] / t["target"]:.4f}' for name, t in policy.meta.get('totals', {}).items()
-                      if t.get('target'))
-    runner.logger.info(f'{what}: policy in {seconds:.1f} s ({detail or "model build, calibration and draw"}); '
-                       f'cost / target: {costs or "n/a"}; wrote {work_dir / "policy.json"}')
 
 
 RUNS = {'ssps': run_ssps, 'sensitivity': run_sensitivity, 'random': run_random}

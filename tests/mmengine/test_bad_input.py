@@ -126,7 +126,7 @@ CASES = {
                                    'Reachable range'),
     # -- ssps search: candidates
     'search: candidates not integers': ('search', lambda i: ['--candidates', '2,x,8'], 'is not a list of bit-widths',
-                                        'comma-separated integer bit-widths in 2..32'),
+                                        'comma-separated integer bit-widths, e.g. 2,3,4,6,8: weights in 2..32'),
     'search: candidates 40': ('search', lambda i: ['--candidates', '2,40'], 'weight candidate 40',
                               'is not an integer in 2..32'),
     'search: candidates 1': ('search', lambda i: ['--candidates', '1,2,4'], 'weight candidate 1 is below 2',

@@ -1,0 +1,166 @@
+"""``ssps search --resume`` and Ctrl-C: a whole checkpoint to resume from, saves that finish.
+
+A kill during a checkpoint save can leave a truncated ``epoch_N.pth`` that ``last_checkpoint``
+names; :func:`resume_from` detects it and takes the previous whole one (docs/algorithm.md §8).
+A Ctrl-C during a save is held until the save is done (:func:`deferred_sigint`).
+"""
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .common import InputError
+
+#: The checkpoints mmengine's CheckpointHook writes in the work dir.
+CHECKPOINT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
+
+
+def resume_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be resumed from (missing, truncated, not a checkpoint), or None.
+
+    Beyond :func:`ssps_nni.checkpoint.checkpoint_problem` (a zip archive or a pickle), the
+    archive's members are read and their CRCs checked: a file cut short or damaged while it was
+    written is refused here rather than as a traceback inside mmengine's ``resume``.
+    """
+    from ssps_nni.checkpoint import checkpoint_problem
+
+    problem = checkpoint_problem(path)
+    if problem:
+        return f'{problem}; a kill while it was saved leaves it truncated'
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+            return f'{path} is a damaged checkpoint archive ({err})'
+        if bad is not None:
+            return f'{path} is a damaged checkpoint archive (member {bad} fails its CRC check)'
+    return None
+
+
+def _checkpoint_number(path: Path) -> int:
+    return int(CHECKPOINT_NAME.match(path.name).group(2))
+
+
+def resume_from(work_dir: str, warn=None) -> str:
+    """The checkpoint ``--resume`` continues from: the one ``last_checkpoint`` names if it is whole.
+
+    Args:
+        work_dir: the interrupted search's work dir.
+        warn: called with a one-line warning when an earlier checkpoint is taken instead.
+
+    Returns:
+        The path of a checkpoint that :func:`resume_problem` accepts: the one named by
+        ``WORK_DIR/last_checkpoint``, or else the newest readable ``epoch_N.pth`` / ``iter_N.pth``
+        of the work dir saved before it.
+
+    Raises:
+        InputError: no ``last_checkpoint`` file; or the checkpoint it names is truncated,
+            unreadable or missing and no earlier one is readable (the message names the file).
+    """
+    work = Path(work_dir)
+    pointer = work / 'last_checkpoint'
+    if not pointer.is_file():
+        raise InputError(f'--resume found no checkpoint of an earlier search in {work_dir} '
+                         '(no last_checkpoint file); give the --work-dir of the interrupted run, '
+                         'or leave out --resume to start a new search')
+    try:
+        named = pointer.read_text().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        named, problem = '', f'{pointer} cannot be read ({err})'
+    else:
+        problem = None if named else f'{pointer} is empty'
+    latest = Path(named) if named else None
+    if latest is not None and not latest.is_file() and (work / latest.name).is_file():
+        latest = work / latest.name  # the work dir was moved or given by another relative path
+    if latest is not None:
+        problem = resume_problem(latest)
+        if problem is None:
+            return str(latest)
+    earlier = sorted((p for p in work.iterdir() if CHECKPOINT_NAME.match(p.name)
+                      and (latest is None or p.resolve() != latest.resolve())),
+                     key=lambda p: (_checkpoint_number(p), p.stat().st_mtime), reverse=True)
+    if latest is not None and CHECKPOINT_NAME.match(latest.name):
+        kind = CHECKPOINT_NAME.match(latest.name).group(1)
+        earlier = [p for p in earlier if p.name.startswith(kind + '_')
+                   and _checkpoint_number(p) < _checkpoint_number(latest)]
+    for candidate in earlier:
+        if resume_problem(candidate) is None:
+            if warn is not None:
+                warn(f'the latest checkpoint cannot be resumed: {problem}; resuming from the previous one, '
+                     f'{candidate} (the steps after it are trained again)')
+            return str(candidate)
+    raise InputError(f'--resume cannot continue the search in {work_dir}: {problem} (named by {pointer}), and no '
+                     'earlier epoch_N.pth or iter_N.pth there is readable. Give --load-from PTH with a whole '
+                     'checkpoint of this search, or leave out --resume to start a new search')
+
+
+def check_resume(cfg, args, warn=None) -> None:
+    """``--resume`` has a whole checkpoint to continue from (``load_from`` or the work dir's latest).
+
+    With ``--resume`` and no ``--load-from``, ``cfg.load_from`` is set to the checkpoint of
+    :func:`resume_from` (mmengine resumes from ``load_from`` when ``resume`` is set), so a
+    truncated latest checkpoint is never handed to mmengine.
+
+    Raises:
+        InputError: no checkpoint to resume from, or none that is whole (names the file).
+    """
+    if not args.resume:
+        return
+    if cfg.get('load_from') is None:
+        cfg.load_from = resume_from(cfg.work_dir, warn)
+        cfg.resume = True
+    else:
+        problem = resume_problem(cfg.load_from)
+        if problem:
+            raise InputError(f'--resume --load-from: {problem}; give a whole checkpoint of this search')
+
+
+# -- interruption --------------------------------------------------------------------------------
+
+#: Runner hooks under which mmengine's CheckpointHook saves (by iteration, by epoch, best).
+SAVE_POINTS = frozenset({'after_train_iter', 'after_train_epoch', 'after_val_epoch'})
+
+
+@contextmanager
+def deferred_sigint():
+    """Hold a SIGINT (Ctrl-C) until the block is done, then raise ``KeyboardInterrupt``.
+
+    Around the runner hooks that save checkpoints, so that a Ctrl-C during the save leaves a
+    whole checkpoint and ``last_checkpoint`` naming it (not mmengine's "Failed to format the
+    config file" from an interrupted ``pretty_text``, nor a half-written file). Outside the main
+    thread (where signal handlers cannot be set) the block runs as is.
+
+    Raises:
+        KeyboardInterrupt: after the block, if a SIGINT arrived during it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def defer_sigint_in_saves(runner) -> None:
+    """Run ``runner``'s checkpoint-saving hooks (:data:`SAVE_POINTS`) under :func:`deferred_sigint`."""
+    call_hook = runner.call_hook
+
+    def guarded(fn_name: str, **kwargs):
+        if fn_name not in SAVE_POINTS:
+            return call_hook(fn_name, **kwargs)
+        with deferred_sigint():
+            return call_hook(fn_name, **kwargs)
+
+    runner.call_hook = guarded
+
+
