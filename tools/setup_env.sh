@@ -88,5 +88,11 @@ step ssps-nni \
     "installed_here && test \"\$(cat '$STAMP' 2>/dev/null)\" = '$REQ_HASH' && '$PY' -c 'import ssps_nni, mmdet, mmpretrain, nni, pytorch_lightning, pytest, hypothesis, onnxruntime'" \
     "$PIP --no-build-isolation -e '$ROOT[test,export]' && echo '$REQ_HASH' > '$STAMP'"
 
+# The default config's layer profile, so that `ssps search` refuses an unreachable budget there
+# from the cache (ssps_nni/cli/cost_check.py); an optimisation only, so a failure just warns.
+echo "[setup] layer profile of the default config: measuring (cached for fast budget checks)"
+"$PY" -m ssps_nni.cli.cost_check >"$LOGS/profile.log" 2>&1 \
+    || echo "[setup] warning: the default config's layer profile was not stored (see $LOGS/profile.log)"
+
 echo "$DONE_HASH" > "$DONE"
 echo "[setup] environment ready: $VENV"

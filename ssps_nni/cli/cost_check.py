@@ -183,3 +183,30 @@ def check(record: dict, config) -> None:
         check_reachable(constraints, masks_w, masks_a)
     except BudgetError as err:
         raise InputError(str(err)) from None
+
+
+def main(argv=None) -> int:
+    """``python -m ssps_nni.cli.cost_check [CONFIG] [ssps search options]``: store CONFIG's layer profile.
+
+    ``tools/setup_env.sh`` runs it on the default config, so that the first refusal of an
+    unreachable budget there is served from the cache. Takes the options of ``ssps search``
+    (``--candidates``, ``--cfg-options`` ...); trains nothing and creates no work dir.
+
+    Returns:
+        0 stored (or already cached), 2 bad input (one error line).
+    """
+    from .common import fail
+    from .search import build_config, check_args, check_budget_reachable, parse_args
+
+    prog = 'python -m ssps_nni.cli.cost_check'
+    args = parse_args(argv, prog)
+    try:
+        check_args(args)
+        check_budget_reachable(build_config(args))
+    except InputError as err:
+        return fail(prog, err)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
