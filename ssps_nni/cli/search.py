@@ -388,7 +388,8 @@ LUT_FORM = ("a JSON object {'unit': 'ms', 'layers': {LAYER: {'w4a4': COST, ...}}
 def explained(err: BaseException) -> BaseException:
     """``err``, with the accepted LUT form added to a LUT message that does not give it."""
     text = str(err)
-    if 'LUT' in text and 'cost_options' not in text:
+    # bad input only: a diverged search (exit 3) keeps its own type and status
+    if getattr(err, 'exit_status', 2) == 2 and 'LUT' in text and 'cost_options' not in text:
         return InputError(f'{text}; a LUT is {LUT_FORM}')
     return err
 

@@ -168,3 +168,15 @@ def test_one_shot_method_refuses_an_unreachable_budget(search_tool, tiny_config,
     err = capsys.readouterr().err
     assert code == 2 and 'unreachable' in err
     assert not (tmp_path / 'policy.json').exists()
+
+
+def test_a_diverging_search_exits_3_with_one_line_and_no_policy(search_tool, tiny_config, tmp_path, capsys):
+    """A learning rate of 1e6: the loss is NaN within the first epoch; exit 3, not bad input (2)."""
+    work_dir = tmp_path / 'work'
+    status = search_tool.main([str(tiny_config), '--work-dir', str(work_dir),
+                               '--cfg-options', 'optim_wrapper.optimizer.lr=1e6'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 3
+    assert len(err) == 1 and err[0].startswith('ssps search: error: SSPS search diverged at step ')
+    assert 'the training loss is nan' in err[0] and 'LUT is' not in err[0]
+    assert not (work_dir / 'policy.json').exists() and not list(work_dir.glob('*.pth'))
