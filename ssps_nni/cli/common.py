@@ -209,3 +209,66 @@ def default_work_dir(cfg, config: str, suffix: str = '') -> str:
     if cfg.get('work_dir', None) is not None:
         return cfg.work_dir
     return osp.join('./work_dirs', osp.splitext(osp.basename(config))[0] + suffix)
+
+
+# -- device and mixed precision (ssps search, ssps train) ------------------------------------------
+
+AMP_DTYPES = {'bf16': 'bfloat16', 'fp16': 'float16'}
+
+
+def add_device_amp(parser: argparse.ArgumentParser) -> None:
+    """``--device cpu|cuda`` and ``--amp none|bf16|fp16`` (see :func:`apply_device_amp`)."""
+    parser.add_argument('--device', choices=('cpu', 'cuda'),
+                        help='where the model trains (default: cuda when a GPU is visible, as mmengine picks)')
+    parser.add_argument('--amp', choices=('none', *AMP_DTYPES),
+                        help="mixed precision: mmengine's AmpOptimWrapper with bfloat16 or float16 autocast and a "
+                             "dynamic loss scale (CUDA only); none: plain fp32 OptimWrapper; default: the config's")
+
+
+def select_device(args) -> None:
+    """Make ``--device`` the device mmengine picks (``mmengine.device.get_device``), before torch uses CUDA.
+
+    mmengine has no device option: its runner moves the model to CUDA whenever CUDA is visible,
+    so ``--device cpu`` hides the GPUs from this process (``CUDA_VISIBLE_DEVICES=''``).
+
+    Raises:
+        InputError: ``--device cuda`` without a visible CUDA device; ``--amp bf16|fp16`` on CPU;
+            ``--device cpu`` after this process already initialised CUDA.
+    """
+    device, amp = getattr(args, 'device', None), getattr(args, 'amp', None)
+    if device == 'cpu':
+        os.environ['CUDA_VISIBLE_DEVICES'] = ''
+    if device is None and amp in (None, 'none'):
+        return
+    import torch
+
+    if device == 'cpu' and torch.cuda.is_initialized():
+        raise InputError('--device cpu: this process already uses CUDA; start it with CUDA_VISIBLE_DEVICES= instead')
+    has_cuda = torch.cuda.is_available()
+    if device == 'cuda' and not has_cuda:
+        raise InputError('--device cuda: no CUDA device is visible to torch '
+                         f'(torch {torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu')
+    if amp in AMP_DTYPES and not has_cuda:
+        raise InputError(f"--amp {amp} needs a CUDA device (mmengine's AmpOptimWrapper trains on GPUs only); "
+                         'give --amp none or leave it out on CPU')
+    if amp == 'bf16' and not torch.cuda.is_bf16_supported():
+        raise InputError('--amp bf16: this GPU has no bfloat16 support; use --amp fp16')
+
+
+def apply_amp(cfg, args) -> None:
+    """``--amp``: the config's ``optim_wrapper`` as mmengine's ``AmpOptimWrapper`` (or plain ``OptimWrapper``).
+
+    The SSPS hook reads the dynamic loss scale every step and unscales the logit and score
+    gradients by it (``ssps_nni/mmengine/optim.py``); its own loss term is computed in fp32.
+    """
+    amp = getattr(args, 'amp', None)
+    if amp is None:
+        return
+    wrapper = dict(cfg.get('optim_wrapper', None) or {})
+    for key in ('dtype', 'loss_scale'):
+        wrapper.pop(key, None)
+    if amp == 'none':
+        wrapper['type'] = 'OptimWrapper'
+    else:
+        wrapper.update(type='AmpOptimWrapper', dtype=AMP_DTYPES[amp], loss_scale='dynamic')
+    cfg.optim_wrapper = wrapper

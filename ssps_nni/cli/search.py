@@ -4,6 +4,7 @@
     ssps search CONFIG [--budget bitops=W4A4] [--candidates 2,3,4,6,8]
         [--work-dir DIR] [--resume] [--seed N] [--load-from PTH] [--cfg-options KEY=VALUE ...]
         [--method ssps|sensitivity|random] [--sensitivity-batches N]
+        [--device cpu|cuda] [--amp none|bf16|fp16]
 
 Built on mmengine's ``Config`` and ``Runner`` like mmpretrain's ``tools/train.py``; the search
 itself is the config's ``SSPSHook`` (added with defaults when the config has none). Inputs are
@@ -52,7 +53,7 @@ from ..errors import SSPSError
 from .methods import run_random, run_sensitivity
 from .resume import check_resume, defer_sigint_in_saves
 from .common import (DEFAULT_CONFIG_NAME, InputError, add_budget, add_candidates, add_cfg_options, add_config,
-                     add_load_from, add_seed, add_ssps_imports, add_work_dir, check_data_paths, check_load_from,
+                     add_device_amp, apply_amp, select_device, add_load_from, add_seed, add_ssps_imports, add_work_dir, check_data_paths, check_load_from,
                      config_path, default_work_dir, fail, CANDIDATE_FORM)
 
 PROG = 'ssps search'
@@ -80,6 +81,7 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
     add_seed(parser, 'the run and of the path sampler')
     add_load_from(parser, 'full-precision or SSPS')
     add_cfg_options(parser)
+    add_device_amp(parser)  # --device, --amp (common.py)
     parser.add_argument('--method', choices=METHODS, default='ssps',
                         help='ssps: the SSPS search (default); sensitivity: per-layer sensitivity on '
                              'training batches, no training; random: a random policy within the budget')
@@ -143,6 +145,7 @@ def apply_args(cfg, args) -> None:
     """Put the command-line options into ``cfg`` (CLI > config)."""
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    apply_amp(cfg, args)
     add_ssps_imports(cfg)
     hook = ssps_hook_cfg(cfg)
     if args.budget is not None:
@@ -173,6 +176,7 @@ def build_config(args):
     Raises:
         InputError: the config file does not exist.
     """
+    select_device(args)  # before anything initialises CUDA
     from mmengine.config import Config
 
     args.config = config_path(args.config)

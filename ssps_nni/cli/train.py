@@ -3,7 +3,7 @@
     ssps train CONFIG --policy work_dirs/search/policy.json [--load-from FP.pth]
     ssps train CONFIG --uniform W4A4      # a uniform baseline, same schedule
     ssps train CONFIG                     # FP32 (e.g. to train the starting checkpoint)
-        [--work-dir DIR] [--seed N] [--cfg-options KEY=VALUE ...]
+        [--work-dir DIR] [--seed N] [--cfg-options KEY=VALUE ...] [--device cpu|cuda] [--amp none|bf16|fp16]
 
 The config is the search's own (``mmdet_configs/*_ssps*.py``): its ``SSPSHook`` is removed and,
 with ``--policy`` or ``--uniform``, a ``QuantPolicyHook`` takes its place (the search's layer
@@ -26,7 +26,8 @@ import json
 from pathlib import Path
 
 from ..errors import SSPSError
-from .common import (DEFAULT_CONFIG_NAME, InputError, add_cfg_options, add_config, add_load_from, add_seed,
+from .common import (DEFAULT_CONFIG_NAME, InputError, add_cfg_options, add_config, add_device_amp, apply_amp,
+                     select_device, add_load_from, add_seed,
                      add_ssps_imports, add_work_dir, check_data_paths, check_load_from, config_path,
                      default_work_dir, fail, read_policy)
 from .search import SSPS_TYPES
@@ -56,6 +57,7 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
     add_work_dir(parser, 'work_dirs/<config name>_qat')
     add_seed(parser, 'the run and of the calibration samples')
     add_cfg_options(parser)
+    add_device_amp(parser)  # --device, --amp (common.py)
     return parser.parse_args(argv)
 
 
@@ -89,12 +91,14 @@ def build_config(args):
     Raises:
         InputError: the config file does not exist (or, with no CONFIG, the repository's default).
     """
+    select_device(args)  # before anything initialises CUDA
     from mmengine.config import Config
 
     args.config = config_path(args.config)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    apply_amp(cfg, args)
     add_ssps_imports(cfg)
     quant_hook_cfg(cfg, args)
     if args.seed is not None:

@@ -66,8 +66,13 @@ MODES = {
 def environment(device: str) -> dict:
     """Machine and library versions, for the results."""
     import mmengine
-    import nni
     import torch
+
+    try:
+        import nni
+        nni_version = nni.__version__
+    except ImportError:  # e.g. a GPU machine carrying only the mmengine stack: no DARTS rows there
+        nni_version = None
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -78,12 +83,13 @@ def environment(device: str) -> dict:
     except OSError:
         pass
     env = {
-        'python': platform.python_version(), 'torch': torch.__version__, 'nni': nni.__version__,
+        'python': platform.python_version(), 'torch': torch.__version__, 'nni': nni_version,
         'mmengine': mmengine.__version__, 'platform': platform.platform(), 'cpu': cpu,
         'cpu_count': os.cpu_count(), 'torch_threads': torch.get_num_threads(), 'device': device,
     }
     if device == 'cuda':
         env['gpu'] = torch.cuda.get_device_name(0)
+        env['cuda'] = torch.version.cuda
     try:
         env['commit'] = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
                                        text=True, timeout=10).stdout.strip() or None
