@@ -54,7 +54,8 @@ def parse_args(argv=None):
     p.add_argument('--quick', action='store_true', help='tiny lengths on the shipped subset (CPU dry run)')
     p.add_argument('--out', help='default: $OUT, else work_dirs/gpu_check')
     p.add_argument('--work', default=os.path.join(os.environ.get('TMPDIR', '/tmp'), 'ssps_gpu_check'))
-    p.add_argument('--deadline', type=float, default=450.0, help='seconds for the whole check (default 450)')
+    p.add_argument('--deadline', type=float,
+                   help='seconds for the whole check (default 450; 900 with --quick)')
     p.add_argument('--install-json', help='result line of the install step (tools/gpu_check.sh)')
     p.add_argument('--workers', type=int, help='dataloader workers (default: 8 on cuda, 1 on cpu)')
     return p.parse_args(argv)
@@ -331,6 +332,8 @@ def write_out(check: Check, out: Path, env: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.deadline is None:
+        args.deadline = 900.0 if args.quick else 450.0
     check = Check(args)
     if args.install_json and Path(args.install_json).is_file():
         check.results.append(dict(json.loads(Path(args.install_json).read_text()), numbers={}))

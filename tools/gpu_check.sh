@@ -10,7 +10,7 @@
 #   --out     where summary.json, summary.txt and artifacts.tar.gz go (default $OUT, else
 #             work_dirs/gpu_check); at most 4 files, no folders
 #   --work    scratch folder for the runs and the unpacked data (default ${TMPDIR:-/tmp}/ssps_gpu_check)
-#   --deadline  seconds for the whole check (default 450): items past it are skipped, each
+#   --deadline  seconds for the whole check (default 450, 900 with --quick): items past it are skipped, each
 #             item's timeout is cut to what is left
 #
 # Item (a), the offline install, runs here: each carried wheel whose module does not import is
