@@ -63,7 +63,22 @@ if [ "${#need[@]}" -gt 0 ]; then
         for whl in "${need[@]}"; do "$PY" -m zipfile -e "$whl" "$SITE" >>"$log" 2>&1 || status=FAIL; done
     fi
     rm -rf "$SITE/tests"  # model-index ships a top-level `tests` package: keep it from shadowing anything
-    detail="installed ${#need[@]} wheel(s) into $SITE"
+fi
+# Python 3.12 has no distutils, and mmengine's collect_env (every Runner) imports it: without
+# setuptools' distutils-precedence.pth (not read from a PYTHONPATH folder) give it setuptools' copy.
+if ! timeout 60 "$PY" -c "import distutils" >/dev/null 2>&1; then
+    src="$(timeout 60 "$PY" -c 'import os, setuptools; print(os.path.join(os.path.dirname(setuptools.__file__), "_distutils"))' 2>>"$log")"
+    if [ -n "$src" ] && [ -d "$src" ]; then
+        mkdir -p "$SITE" && rm -rf "$SITE/distutils" && cp -r "$src" "$SITE/distutils"
+        echo "distutils: copied $src to $SITE/distutils" >>"$log"
+        need+=("distutils")
+    else
+        echo "distutils: missing, and no setuptools to take it from" >>"$log"
+        status=FAIL
+    fi
+fi
+if [ "${#need[@]}" -gt 0 ]; then
+    detail="installed into $SITE: ${need[*]##*/}"
 else
     detail="nothing to install (every carried module imports)"
     [ -d "$WHEELS" ] || detail="no $WHEELS (run tools/gpu_wheels.sh where there is network); nothing installed"
