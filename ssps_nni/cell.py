@@ -87,6 +87,18 @@ class QuantCellMixin:
             hit = cache[slot] = (buf, buf._version, buf.bool())
         return hit[2]
 
+    def host(self, name: str):
+        """Buffer ``name`` on the host: a mask as a CPU bool tensor, a 0-dim flag (``a_signed``,
+        ``initialized``) as an int. Cached until the buffer changes, as :meth:`mask`: reading a CUDA
+        buffer costs a device sync, and the forward reads these for every cell."""
+        buf = self._buffers[name]
+        cache = self.__dict__.setdefault("_host_cache", {})
+        hit = cache.get(name)
+        if hit is None or hit[0] is not buf or hit[1] != buf._version:
+            value = int(buf) if buf.dim() == 0 else buf.detach().to("cpu", torch.bool)
+            hit = cache[name] = (buf, buf._version, value)
+        return hit[2]
+
     def set_mask(self, slot: str, allowed: torch.Tensor) -> None:
         """Restrict ``slot`` to the candidates where ``allowed`` is True (at least one)."""
         allowed = torch.as_tensor(allowed, dtype=torch.bool)
@@ -106,7 +118,7 @@ class QuantCellMixin:
         if self._fixed_cache is None:
             cache = {}
             for s in SLOTS:
-                m = self.mask(s)
+                m = self.host(s + "_mask")
                 cache[s] = int(m.nonzero()[0]) if int(m.sum()) == 1 else -1
             self._fixed_cache = cache
         return self._fixed_cache[slot]
@@ -118,7 +130,7 @@ class QuantCellMixin:
             k = self.fixed_index(slot)
             if k < 0:
                 sampler, layer = self._require_sampler()
-                k = sampler.argmax(slot, layer, self.mask(slot))
+                k = sampler.argmax(slot, layer, self.host(slot + "_mask"))
             out.append(self.candidates(slot)[k])
         return out[0], out[1]
 
@@ -146,8 +158,8 @@ class QuantCellMixin:
         if sampler.float_forward:
             return -1, None
         if self.training:
-            return sampler.sample(slot, layer, self.mask(slot))
-        return sampler.argmax(slot, layer, self.mask(slot)), None
+            return sampler.sample(slot, layer, self.host(slot + "_mask"))
+        return sampler.argmax(slot, layer, self.host(slot + "_mask")), None
 
     # -- step sizes --------------------------------------------------------------------------
 
@@ -194,7 +206,7 @@ class QuantCellMixin:
         if self.calibrating:
             self._observe(x)
             return x, self.weight
-        if not int(self.initialized):
+        if not self.host("initialized"):
             self._observe(x)  # lazy LSQ init from the first batch when nobody calibrated
             self.init_scales()
         return self._operand("a", x), self._operand("w", self.weight)
@@ -229,14 +241,14 @@ class QuantCellMixin:
             return v if tap is None else ScoreTap.apply(v, v, *tap)
         if slot == "w":
             return quantize_weight(v, self.w_scale[k].abs().clamp_min(1e-8), bits, tap)
-        return quantize_activation(v, self.a_scale[k].abs().clamp_min(1e-8), bits, bool(int(self.a_signed)), tap)
+        return quantize_activation(v, self.a_scale[k].abs().clamp_min(1e-8), bits, bool(self.host("a_signed")), tap)
 
     def _score_fn(self, slot: str):
-        bits, allowed = self.candidates(slot), self.mask(slot)
+        bits, allowed = self.candidates(slot), self.host(slot + "_mask")
         if slot == "w":
             scales = self.w_scale
             return lambda v, g: weight_candidate_scores(v, g, scales, bits, allowed)
-        scales, signed = self.a_scale, bool(int(self.a_signed))
+        scales, signed = self.a_scale, bool(self.host("a_signed"))
         fraction = self._search[0].score_fraction
         return lambda v, g: activation_candidate_scores(v, g, scales, bits, signed, allowed, fraction)
 

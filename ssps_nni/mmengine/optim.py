@@ -89,7 +89,10 @@ def reduce_logit_grads(params: list[torch.nn.Parameter], scale: float = 1.0) -> 
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return True
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    # the logits live on the CPU, the score probes on the model's device: one flat tensor on the
+    # last one's device (mmengine's all_reduce moves it to the backend's device and back)
+    device = grads[-1].device
+    flat = torch.cat([g.reshape(-1).to(device) for g in grads])
     if dist.get_world_size() > 1:
         dist.all_reduce(flat, op='mean')
     if scale != 1.0:

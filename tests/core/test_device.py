@@ -116,6 +116,10 @@ def test_cell_state_follows_the_model_to_the_device_and_back(device):
     for name in ("w_scale", "a_scale", "w_mask", "a_mask", "a_signed", "initialized"):
         assert getattr(cell, name).device.type == device, name
     assert cell.mask("w").device.type == device  # the cached bool mask follows the new buffer
+    assert cell.host("w_mask").device.type == "cpu" and cell.host("initialized") == 1
+    for flag in (1, 0):  # host copies follow in-place writes of the device buffers
+        cell.a_signed.fill_(flag)
+        assert cell.host("a_signed") == flag
     cell.fix("w", 1)  # a CPU index mask written into a device buffer
     assert cell.fixed_index("w") == 1 and cell.bits()[0] == 4
     out = model(hand_input(2).to(device))
