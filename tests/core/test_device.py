@@ -146,11 +146,20 @@ def _batch(step, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_one_search_step_on_device_gives_the_cpu_scores(device, monkeypatch):
+def test_one_search_step_on_device_gives_the_cpu_scores(device):
     """Same weights, same paths (CPU generator): the dense scores of one step agree with the CPU run."""
     # TF32 convolutions (the CUDA default) round the inputs to 10 mantissa bits: not the CPU's numbers
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        scores = _one_step_scores(device)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    for slot in ("w", "a"):
+        torch.testing.assert_close(scores[1][slot], scores[0][slot], rtol=1e-3, atol=1e-6)
+
+
+def _one_step_scores(device):
     scores = []
     for dev in ("cpu", device):
         model, search = _search(dev)
@@ -163,8 +172,7 @@ def test_one_search_step_on_device_gives_the_cpu_scores(device, monkeypatch):
         probes = search.space.sampler.probes
         assert all(p.grad is not None and p.grad.device.type == dev for p in probes.values())
         scores.append({s: p.grad.detach().cpu() for s, p in probes.items()})
-    for slot in ("w", "a"):
-        torch.testing.assert_close(scores[1][slot], scores[0][slot], rtol=1e-3, atol=1e-6)
+    return scores
 
 
 @pytest.mark.parametrize("device", DEVICES)
