@@ -8,6 +8,7 @@
 ``tests``        the device half of the device-parametrised core tests (``-k <device>``: the fused
                  quantizer against the CPU composite, score taps, cell, sampler, a search step
                  under autocast)
+``quant_speed``  fused against composite fake quantization, forward + backward (tools/quant_speed.py)
 ``step_cost``    ``ssps benchmark step-cost`` on the device (FP32, W4A4 QAT, search at 2/4/6
                  candidates; no NNI DARTS rows: NNI does not travel)
 ``budget``       the 2.5-bit BitOPs budget (midway between uniform W2A2 and W3A3), as ``ssps
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDER_CONFIG = 'mmdet_configs/cifar10_resnet20_ssps_folder.py'
 SUBSET_CONFIG = 'mmdet_configs/cifar10_resnet20_ssps_subset.py'
 #: item -> timeout in seconds (full run on the GPU, --quick run on 2 CPU cores)
-TIMEOUTS = {'data': (60, 60), 'tests': (90, 240), 'step_cost': (90, 240), 'budget': (60, 120),
+TIMEOUTS = {'data': (60, 60), 'tests': (90, 240), 'quant_speed': (40, 120), 'step_cost': (90, 240), 'budget': (60, 120),
             'search_bf16': (100, 300), 'search_fp32': (100, 300), 'sensitivity': (60, 240),
             'qat_ssps': (75, 240), 'qat_sensitivity': (75, 240)}
 MIN_SLOT = 15  # seconds: an item with less than this left is skipped
@@ -58,6 +59,9 @@ def parse_args(argv=None):
                    help='seconds for the whole check (default 450; 900 with --quick)')
     p.add_argument('--install-json', help='result line of the install step (tools/gpu_check.sh)')
     p.add_argument('--workers', type=int, help='dataloader workers (default: 8 on cuda, 1 on cpu)')
+    p.add_argument('--limit-per-class', type=int, metavar='N',
+                   help='full-data path, but only the first N train and N // 5 test images per class '
+                        '(CIFAR10Folder limit_per_class; 4 sensitivity batches): checks that path on a CPU')
     return p.parse_args(argv)
 
 
@@ -165,6 +169,18 @@ class Check:
             return 'FAIL', 'no test ran', numbers
         return status, detail, numbers
 
+    def quant_speed(self):
+        cmd = [sys.executable, 'tools/quant_speed.py', '--device', self.device, '--repeat', '5' if self.quick else '30']
+        status, detail, text = self.command('quant_speed', cmd)
+        match = re.search(r'^QUANT_SPEED=(.*)$', text, re.M)
+        numbers = {}
+        if match:
+            for name, row in json.loads(match.group(1)).items():
+                if isinstance(row, dict):
+                    numbers[name] = f'fused {row["fused_ms"]} ms / composite {row["composite_ms"]} ms = ' \
+                                    f'{row["ratio"]}, same values {row["same_values"]}'
+        return status, detail, numbers
+
     def step_cost(self):
         out = self.work / 'step_cost'
         cmd = [sys.executable, '-m', 'ssps_nni.cli.main', 'benchmark', 'step-cost', '--device', self.device,
@@ -207,6 +223,10 @@ class Check:
             opts += [f'{s}.dataset.indices=[' + ','.join(map(str, range(0, 1000, 5))) + ']' for s in splits[1:]]
         else:
             opts += [f'{s}.dataset.data_root={self.state["data_root"]}' for s in splits]
+            limit = self.args.limit_per_class
+            if limit:
+                opts += [f'train_dataloader.dataset.limit_per_class={limit}']
+                opts += [f'{s}.dataset.limit_per_class={max(limit // 5, 1)}' for s in splits[1:]]
         return opts
 
     def config(self) -> str:
@@ -237,7 +257,7 @@ class Check:
         work = self.work / 'sensitivity'
         cmd = [sys.executable, '-m', 'ssps_nni.cli.main', 'search', self.config(), '--work-dir', str(work),
                '--seed', '0', '--budget', self.state['budget'], '--method', 'sensitivity', '--device', self.device,
-               '--sensitivity-batches', '4' if self.quick else '128', '--cfg-options', *self.options()]
+               '--sensitivity-batches', '4' if self.quick or self.args.limit_per_class else '128', '--cfg-options', *self.options()]
         status, detail, _ = self.command('sensitivity', cmd)
         if status == 'PASS':
             self.state['sensitivity_policy'] = str(work / 'policy.json')
@@ -342,6 +362,7 @@ def main(argv=None) -> int:
           f'work {check.work}: {env}', flush=True)
     check.item('data', check.data)
     check.item('tests', check.tests)
+    check.item('quant_speed', check.quant_speed)
     check.item('step_cost', check.step_cost)
     check.item('budget', check.budget)
     check.item('search_bf16', lambda: check.search('bf16'))
