@@ -78,7 +78,8 @@ if ! timeout 60 "$PY" -c "import distutils" >/dev/null 2>&1; then
     fi
 fi
 if [ "${#need[@]}" -gt 0 ]; then
-    detail="installed into $SITE: ${need[*]##*/}"
+    names=("${need[@]##*/}")
+    detail="installed into $SITE: ${#need[@]} ( ${names[*]%%-[0-9]*} )"
 else
     detail="nothing to install (every carried module imports)"
     [ -d "$WHEELS" ] || detail="no $WHEELS (run tools/gpu_wheels.sh where there is network); nothing installed"
