@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 
 from ..errors import PolicyError, SSPSError
-from .common import InputError, fail, read_policy
+from .common import InputError, check_output_file, fail, read_policy
 
 PROG = 'ssps export'
 #: mmpretrain's CIFAR-10 normalisation (RGB, 0..255), used by ``--calibrate``.
@@ -164,6 +164,9 @@ def run(args: argparse.Namespace, prog: str = PROG) -> Path:
         ExportError): one-line messages.
     """
     shape = input_shape(args.input_shape)
+    check_output_file(args.output, '--output')
+    if args.nni_config:
+        check_output_file(args.nni_config, '--nni-config')
     import torch
 
     from ssps_nni.calibrate import calibrate_cells

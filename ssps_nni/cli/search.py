@@ -53,7 +53,7 @@ from .methods import run_random, run_sensitivity
 from .resume import check_resume, defer_sigint_in_saves
 from .common import (DEFAULT_CONFIG_NAME, InputError, add_budget, add_candidates, add_cfg_options, add_config,
                      add_load_from, add_seed, add_ssps_imports, add_work_dir, check_data_paths, check_load_from,
-                     config_path, default_work_dir, fail, CANDIDATE_FORM)
+                     check_output_dir, config_path, default_work_dir, fail, work_dir_room, CANDIDATE_FORM)
 
 PROG = 'ssps search'
 METHODS = ('ssps', 'sensitivity', 'random')
@@ -243,11 +243,13 @@ def build_hook(cfg, config=None):
 
 
 def check_inputs(cfg) -> None:
-    """The data paths and ``load_from`` exist (no training stack imported).
+    """The work dir can be written, the data paths and ``load_from`` exist (no training stack imported).
 
     Raises:
-        InputError: the first missing path, or a ``load_from`` that is no checkpoint.
+        InputError: a work dir that cannot be written (not a folder, no permission, no space),
+            the first missing path, or a ``load_from`` that is no checkpoint.
     """
+    check_output_dir(cfg.work_dir, 'work dir', work_dir_room(cfg.get('load_from', None)))
     check_data_paths(cfg)
     check_load_from(cfg.get('load_from', None),
                     'Give the path of a full-precision checkpoint of this model (--load-from PTH), or '

@@ -1,4 +1,4 @@
-"""The command line's bad input, one table: ``ssps search``, ``ssps train`` and ``ssps export``.
+"""The command line's bad input, one table: ``ssps search``, ``ssps train``, ``ssps export`` and ``ssps report``.
 
 Every case calls the command's ``main(argv)`` in-process (each stops before training) and asserts
 exit status 2, one ``ssps CMD: error:`` line on stderr that names the problem and what is
@@ -154,6 +154,11 @@ CASES = {
                              'cannot read LUT file', 'a LUT is a JSON object'),
     'search: LUT a list': ('search', lambda i: _lut_path(i.text('lut.json', '[1, 2]')),
                            'a LUT must be a JSON object', "'layers' and/or 'signatures' tables"),
+    # -- ssps search / train: the work dir (checked before anything runs; one run at a time)
+    'search: work dir under a file': ('search', lambda i: ['--work-dir', i.text('some_file', 'x') + '/wd'],
+                                      'some_file is not a folder but a file', 'give a folder you can write to'),
+    'train: work dir is a file': ('train', lambda i: ['--uniform', 'W4A4', '--work-dir', i.text('file', 'x')],
+                                  'file is not a folder but a file', 'give a folder you can write to'),
     # -- ssps search: checkpoints
     'search: load-from missing': ('search', lambda i: ['--load-from', str(i.tmp / 'no.pth')], 'is not a local file',
                                   '--load-from PTH'),
@@ -239,6 +244,14 @@ CASES = {
                               'a torchvision.models name'),
     'export: input shape': ('export', lambda i: i.export('--input-shape', '1x3x32x32'),
                             '--input-shape must be comma-separated integers', 'N,C,H,W'),
+    'export: output is a folder': ('export', lambda i: [*i.export()[:4], '--output', str(i.tmp)],
+                                   'cannot be written: it is a folder', 'give a file name'),
+    'export: output under a file': ('export', lambda i: [*i.export()[:4], '--output',
+                                                         i.text('f.txt', 'x') + '/m.onnx'],
+                                    'f.txt is not a folder but a file', 'give a file name in a folder you can write'),
+    # -- ssps report
+    'report: out under a file': ('report', lambda i: [i.plain_policy(), '--out', i.text('r.txt', 'x') + '/report'],
+                                 'r.txt is not a folder but a file', 'give a folder you can write to'),
     'export: config missing': ('export', lambda i: i.export('--config', str(i.tmp / 'none.py')), 'config not found',
                                'or --model NAME for a plain model'),
     'export: float needs calibration': ('export', lambda i: i.export(), 'the checkpoint has no step sizes',
@@ -259,9 +272,9 @@ def _files(folder: Path) -> dict:
 
 @pytest.fixture(scope='module')
 def tools():
-    from ssps_nni.cli import export, search, train
+    from ssps_nni.cli import export, report, search, train
 
-    return {'search': search, 'train': train, 'export': export}
+    return {'search': search, 'train': train, 'export': export, 'report': report}
 
 
 @pytest.mark.parametrize('case', list(CASES))
@@ -269,9 +282,9 @@ def test_bad_input_exits_2_with_one_line(case, tools, tiny_config, tmp_path, cap
     command, build, problem, accepted = CASES[case]
     inputs = Inputs(tmp_path, tiny_config)
     args = build(inputs)
-    if command != 'export':
+    if command in ('search', 'train'):
         config = [] if args and args[0].endswith('.py') else [inputs.config]
-        args = [*config, *args, '--work-dir', str(inputs.work)]
+        args = [*config, *args] + ([] if '--work-dir' in args else ['--work-dir', str(inputs.work)])
     before = _files(inputs.work)
     capsys.readouterr()
     try:

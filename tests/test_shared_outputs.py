@@ -1,0 +1,73 @@
+"""Outputs on shared machines: output folders checked before a run, file modes from the umask,
+one run per work dir (``ssps_nni.cli.common.output_problem``, ``ssps_nni.files``, ``ssps_nni.cli.lock``).
+
+The command-line refusals themselves (exit 2, one line) are rows of
+``tests/mmengine/test_bad_input.py``; these tests check the pieces beneath them, including what
+a root user cannot provoke for real (no permission) and a full disk (``shutil.disk_usage``
+stands in for it).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ssps_nni.cli import common
+from ssps_nni.cli.common import InputError, check_output_dir, check_output_file, output_problem
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- output locations ------------------------------------------------------------------------
+
+def test_output_problem_names_a_file_on_the_path(tmp_path):
+    (tmp_path / 'some_file').write_text('x')
+    assert output_problem(tmp_path / 'some_file' / 'wd' / 'deeper') == f'{tmp_path / "some_file"} is not a folder but a file'
+    assert output_problem(tmp_path / 'new' / 'wd') is None  # created later; nothing created now
+    assert not (tmp_path / 'new').exists()
+    with pytest.raises(InputError, match=r'^--work-dir .*some_file/wd cannot be written: .* is not a folder'):
+        check_output_dir(tmp_path / 'some_file' / 'wd', '--work-dir')
+    with pytest.raises(InputError, match='it is a folder; give a file name'):
+        check_output_file(tmp_path, '--output')
+
+
+def test_output_problem_no_permission(tmp_path, monkeypatch):
+    locked = tmp_path / 'locked'
+    locked.mkdir()
+    if os.geteuid() == 0:  # root may write anywhere: the check's answer is os.access's
+        real = os.access
+        monkeypatch.setattr(common.os, 'access', lambda p, mode: False if Path(p) == locked else real(p, mode))
+    else:
+        locked.chmod(0o555)
+    try:
+        assert output_problem(locked / 'wd') == f'no permission to write in {locked}'
+        with pytest.raises(InputError, match=r'--out .* cannot be written: no permission to write in'):
+            check_output_dir(locked / 'report', '--out')
+    finally:
+        locked.chmod(0o755)
+
+
+def test_output_problem_no_space(tmp_path, monkeypatch):
+    usage = common.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(common.shutil, 'disk_usage', lambda p: usage._replace(free=5 * 2**20))
+    assert output_problem(tmp_path / 'wd') == (f'no space: 5.0 MiB free on the file system of {tmp_path}, '
+                                               'at least 64.0 MiB needed')
+    assert output_problem(tmp_path / 'wd', min_free=2**20) is None
+    with pytest.raises(InputError, match='no space: 5.0 MiB free'):
+        check_output_file(tmp_path / 'm.onnx', '--output', min_free=8 * 2**20)
+
+
+def test_work_dir_room_grows_with_the_starting_checkpoint(tmp_path):
+    big = tmp_path / 'big.pth'
+    with open(big, 'wb') as f:
+        f.truncate(100 * 2**20)  # sparse: takes no space
+    assert common.work_dir_room(None) == common.MIN_FREE_BYTES
+    assert common.work_dir_room(str(big)) == 400 * 2**20
