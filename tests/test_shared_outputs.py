@@ -22,6 +22,7 @@ import pytest
 
 from ssps_nni.cli import common
 from ssps_nni.cli.common import InputError, check_output_dir, check_output_file, output_problem
+from ssps_nni.files import atomic_write, file_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,3 +72,27 @@ def test_work_dir_room_grows_with_the_starting_checkpoint(tmp_path):
         f.truncate(100 * 2**20)  # sparse: takes no space
     assert common.work_dir_room(None) == common.MIN_FREE_BYTES
     assert common.work_dir_room(str(big)) == 400 * 2**20
+
+
+# -- file modes ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('umask', [0o022, 0o002, 0o077])
+def test_written_files_honour_the_umask(tmp_path, umask):
+    """atomic_write (policy.json, reports, ONNX) and plot_policy (figures) give the mode that
+    open() gives under the umask, not mkstemp's 0600."""
+    from ssps_nni.policy import Policy, plot_policy
+
+    policy = Policy(layers={'conv': {'w_bits': 4, 'a_bits': 4}}, candidates={'w': [2, 4], 'a': [2, 4]})
+    previous = os.umask(umask)
+    try:
+        assert file_mode() == 0o666 & ~umask
+        with open(tmp_path / 'plain.txt', 'w'):
+            pass
+        paths = [atomic_write(tmp_path / 'a.txt', 'x'), atomic_write(tmp_path / 'b.bin', b'x'),
+                 policy.save(tmp_path / 'policy.json'), plot_policy(policy, None, tmp_path / 'policy.png')]
+    finally:
+        os.umask(previous)
+    expected = stat.S_IMODE((tmp_path / 'plain.txt').stat().st_mode)
+    assert expected == 0o666 & ~umask
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in paths} == {p.name: expected for p in paths}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a.txt', 'b.bin', 'plain.txt', 'policy.json', 'policy.png']
