@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ssps_nni.cli import common
+from ssps_nni.cli import common, lock
 from ssps_nni.cli.common import InputError, check_output_dir, check_output_file, output_problem
 from ssps_nni.files import atomic_write, file_mode
 
@@ -96,3 +96,77 @@ def test_written_files_honour_the_umask(tmp_path, umask):
     assert expected == 0o666 & ~umask
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in paths} == {p.name: expected for p in paths}
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a.txt', 'b.bin', 'plain.txt', 'policy.json', 'policy.png']
+
+
+# -- the work-dir lock -----------------------------------------------------------------------
+
+HOLDER = textwrap.dedent('''
+    import sys, time
+    from ssps_nni.cli.lock import WorkDirLock
+    WorkDirLock(sys.argv[1], 'ssps train').acquire()
+    print('held', flush=True)
+    time.sleep(120)
+''')
+
+
+def test_a_second_run_is_refused_naming_pid_and_host(tmp_path):
+    holder = subprocess.Popen([sys.executable, '-c', HOLDER, str(tmp_path / 'wd')], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        with pytest.raises(InputError) as err:
+            lock.WorkDirLock(tmp_path / 'wd', 'ssps search').acquire()
+        message = str(err.value)
+        assert f'is in use by another run: ssps train (pid {holder.pid} on host {socket.gethostname()}, started' in message
+        assert 'give another --work-dir' in message and str(tmp_path / 'wd' / lock.LOCK_NAME) in message
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder was killed: its lock is taken over, with a warning naming it
+    warnings = []
+    taken = lock.WorkDirLock(tmp_path / 'wd', 'ssps search', warn=warnings.append).acquire()
+    assert len(warnings) == 1 and f'left by ssps train (pid {holder.pid} on host' in warnings[0]
+    assert 'no longer running' in warnings[0]
+    assert json.loads((tmp_path / 'wd' / lock.LOCK_NAME).read_text())['pid'] == os.getpid()
+    taken.release()
+    assert not (tmp_path / 'wd' / lock.LOCK_NAME).exists()
+
+
+def test_lock_context_releases_and_allows_the_next_run(tmp_path):
+    with lock.work_dir_lock(tmp_path / 'wd', 'ssps search') as held:
+        assert held is not None and (tmp_path / 'wd' / lock.LOCK_NAME).is_file()
+        with pytest.raises(InputError, match=rf'ssps search \(pid {os.getpid()} on host'):
+            lock.WorkDirLock(tmp_path / 'wd', 'ssps search').acquire()
+    assert not (tmp_path / 'wd' / lock.LOCK_NAME).exists()
+    warnings = []
+    lock.WorkDirLock(tmp_path / 'wd', 'ssps search', warn=warnings.append).acquire().release()
+    assert warnings == []  # a released lock leaves nothing to take over
+
+
+def test_only_rank_zero_takes_the_lock(tmp_path, monkeypatch):
+    monkeypatch.setenv('RANK', '1')
+    with lock.work_dir_lock(tmp_path / 'wd', 'ssps search') as held:
+        assert held is None and not (tmp_path / 'wd').exists()
+
+
+def test_without_flock_the_file_is_the_lock(tmp_path, monkeypatch):
+    """A file system without flock (ENOLCK): O_EXCL; a live holder of this host is refused, a
+    dead one's lock taken over with a warning, another host's refused naming the file to delete."""
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, 'No locks available')
+
+    monkeypatch.setattr(lock.fcntl, 'flock', no_flock)
+    path = tmp_path / 'wd' / lock.LOCK_NAME
+    first = lock.WorkDirLock(tmp_path / 'wd', 'ssps search').acquire()
+    with pytest.raises(InputError, match=rf'in use by another run: ssps search \(pid {os.getpid()}'):
+        lock.WorkDirLock(tmp_path / 'wd', 'ssps train').acquire()
+    first.release()
+    assert not path.exists()
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    path.write_text(json.dumps({'command': 'ssps search', 'pid': int(dead.stdout), 'host': socket.gethostname()}))
+    warnings = []
+    lock.WorkDirLock(tmp_path / 'wd', 'ssps train', warn=warnings.append).acquire().release()
+    assert len(warnings) == 1 and 'no longer running' in warnings[0]
+    path.write_text(json.dumps({'command': 'ssps search', 'pid': 1, 'host': 'another-node'}))
+    with pytest.raises(InputError, match=f'cannot be checked: delete {path} once it is over'):
+        lock.WorkDirLock(tmp_path / 'wd', 'ssps train').acquire()

@@ -50,6 +50,7 @@ from pathlib import Path
 
 from ..errors import SSPSError
 from .methods import run_random, run_sensitivity
+from .lock import work_dir_lock
 from .resume import check_resume, defer_sigint_in_saves
 from .common import (DEFAULT_CONFIG_NAME, InputError, add_budget, add_candidates, add_cfg_options, add_config,
                      add_load_from, add_seed, add_ssps_imports, add_work_dir, check_data_paths, check_load_from,
@@ -416,7 +417,8 @@ def main(argv=None, prog: str = PROG) -> int:
         check_resume(cfg, args, warn=lambda text: print(f'{prog}: warning: {text}', file=sys.stderr))
         check_budget_reachable(cfg, config)
         build_hook(cfg, config)
-        RUNS[args.method](cfg, args)
+        with work_dir_lock(cfg.work_dir, prog):  # one run per work dir (ssps_nni.cli.lock)
+            RUNS[args.method](cfg, args)
     except (InputError, SSPSError) as err:
         return fail(prog, explained(err))
     except KeyboardInterrupt:

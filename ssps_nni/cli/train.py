@@ -29,6 +29,7 @@ from ..errors import SSPSError
 from .common import (DEFAULT_CONFIG_NAME, InputError, add_cfg_options, add_config, add_load_from, add_seed,
                      add_ssps_imports, add_work_dir, check_data_paths, check_load_from, check_output_dir,
                      config_path, default_work_dir, fail, read_policy, work_dir_room)
+from .lock import work_dir_lock
 from .search import SSPS_TYPES
 
 PROG = 'ssps train'
@@ -208,9 +209,10 @@ def main(argv=None, prog: str = PROG) -> int:
         validate(cfg)
         from mmengine.runner import Runner
 
-        runner = Runner.from_cfg(cfg)
-        runner.train()
-        metrics = evaluate(runner, cfg)
+        with work_dir_lock(cfg.work_dir, prog):  # one run per work dir (ssps_nni.cli.lock)
+            runner = Runner.from_cfg(cfg)
+            runner.train()
+            metrics = evaluate(runner, cfg)
     except (InputError, SSPSError) as err:
         return fail(prog, err)
     from mmengine.dist import is_main_process

@@ -86,6 +86,20 @@ class Inputs:
     def text(self, name: str, text: str) -> str:
         return _write(self.tmp / name, text)
 
+    def hold_lock(self, command: str = 'ssps search') -> list:
+        """The work dir held by another run (a lock of this process, kept until the test ends)."""
+        from ssps_nni.cli.lock import WorkDirLock
+
+        self.lock = WorkDirLock(self.work, command).acquire()
+        return []
+
+    def whole_checkpoint(self) -> str:
+        """A whole checkpoint in the work dir that ``last_checkpoint`` names (a resumable search)."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        path = _save(self.work / 'epoch_1.pth', {'state_dict': {'w': torch.zeros(4)}, 'meta': {}})
+        self.last_checkpoint(path)
+        return path
+
     def export(self, *args, policy=None, checkpoint=None) -> list:
         """``ssps export`` arguments; outputs in the work dir, which must stay absent."""
         return ['--policy', policy or self.plain_policy(), '--checkpoint', checkpoint or self.float_checkpoint(),
@@ -111,6 +125,17 @@ def _w_bits_1(data):
 
 def _lut_path(path):
     return ['--budget', 'lut=3.5', '--cfg-options', f'custom_hooks.0.cost_options.lut.path={path}']
+
+
+def _in_use(i, *args):
+    i.hold_lock()
+    return list(args)
+
+
+def _resume_in_use(i):
+    i.whole_checkpoint()
+    i.hold_lock()
+    return ['--resume']
 
 
 #: id -> (command, argv builder(Inputs) without CONFIG/--work-dir, the problem, what is accepted)
@@ -157,8 +182,14 @@ CASES = {
     # -- ssps search / train: the work dir (checked before anything runs; one run at a time)
     'search: work dir under a file': ('search', lambda i: ['--work-dir', i.text('some_file', 'x') + '/wd'],
                                       'some_file is not a folder but a file', 'give a folder you can write to'),
+    'search: work dir in use': ('search', lambda i: _in_use(i), 'is in use by another run: ssps search (pid',
+                                'give another --work-dir'),
+    'search: resume a work dir in use': ('search', _resume_in_use, 'is in use by another run: ssps search (pid',
+                                         'wait for it to end'),
     'train: work dir is a file': ('train', lambda i: ['--uniform', 'W4A4', '--work-dir', i.text('file', 'x')],
                                   'file is not a folder but a file', 'give a folder you can write to'),
+    'train: work dir in use': ('train', lambda i: _in_use(i, '--uniform', 'W4A4'),
+                               'is in use by another run: ssps search (pid', 'give another --work-dir'),
     # -- ssps search: checkpoints
     'search: load-from missing': ('search', lambda i: ['--load-from', str(i.tmp / 'no.pth')], 'is not a local file',
                                   '--load-from PTH'),
