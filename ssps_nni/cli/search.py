@@ -3,7 +3,7 @@
     ssps search                       # ResNet-20 on the shipped real CIFAR-10 subset
     ssps search CONFIG [--budget bitops=W4A4] [--candidates 2,3,4,6,8]
         [--work-dir DIR] [--resume] [--seed N] [--load-from PTH] [--cfg-options KEY=VALUE ...]
-        [--method ssps|sensitivity|random] [--sensitivity-batches N]
+        [--lut FILE] [--method ssps|sensitivity|random] [--sensitivity-batches N]
 
 Built on mmengine's ``Config`` and ``Runner`` like mmpretrain's ``tools/train.py``; the search
 itself is the config's ``SSPSHook`` (added with defaults when the config has none). Inputs are
@@ -81,6 +81,9 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
     add_seed(parser, 'the run and of the path sampler')
     add_load_from(parser, 'full-precision or SSPS')
     add_cfg_options(parser)
+    parser.add_argument('--lut', metavar='FILE',
+                        help='JSON look-up table of a lut budget (--budget lut=VALUE); sets the SSPSHook\'s '
+                             'cost_options.lut.path')
     parser.add_argument('--method', choices=METHODS, default='ssps',
                         help='ssps: the SSPS search (default); sensitivity: per-layer sensitivity on '
                              'training batches, no training; random: a random policy within the budget')
@@ -150,6 +153,10 @@ def apply_args(cfg, args) -> None:
         hook['budget'] = args.budget
     if args.candidates is not None:
         hook['candidates'] = split_candidates(args.candidates)
+    if args.lut is not None and isinstance(hook.get('cost_options', None) or {}, dict):
+        # (cost_options of another type is left for the typed config to refuse, with the form)
+        options = dict(hook.get('cost_options', None) or {})
+        hook['cost_options'] = dict(options, lut=dict(options.get('lut', None) or {}, path=args.lut))
     if args.seed is not None:
         cfg.randomness = dict(cfg.get('randomness', None) or {}, seed=args.seed)
         hook['seed'] = args.seed
@@ -384,15 +391,24 @@ RUNS = {'ssps': run_ssps, 'sensitivity': run_sensitivity, 'random': run_random}
 
 #: What a LUT file holds (ssps_nni.cost.LutCost), added to the core's LUT messages.
 LUT_FORM = ("a JSON object {'unit': 'ms', 'layers': {LAYER: {'w4a4': COST, ...}}, 'signatures': "
-            "{SIGNATURE: {'w4a4': COST, ...}}}, its path given by the hook's cost_options={'lut': {'path': FILE}} "
-            "(--cfg-options custom_hooks.0.cost_options.lut.path=FILE)")
+            "{SIGNATURE: {'w4a4': COST, ...}}}, its path given by --lut FILE (the hook's "
+            "cost_options={'lut': {'path': FILE}}, or --cfg-options custom_hooks.0.cost_options.lut.path=FILE)")
+#: How the command line sets a nested hook option (``--cfg-options`` reads a ``{...}`` value as text).
+NESTED_FORM = ("on the command line give --lut FILE, or one key per option: --cfg-options "
+               "custom_hooks.0.cost_options.lut.path=FILE (--cfg-options reads a {...} value as text)")
 
 
 def explained(err: BaseException) -> BaseException:
-    """``err``, with the accepted LUT form added to a LUT message that does not give it."""
+    """``err``, with how to give a LUT added to a LUT or ``cost_options`` message that does not say it."""
     text = str(err)
     # bad input only: a diverged search (exit 3) keeps its own type and status
-    if getattr(err, 'exit_status', 2) == 2 and 'LUT' in text and 'cost_options' not in text:
+    if getattr(err, 'exit_status', 2) != 2:
+        return err
+    if 'cost_options' in text and 'must be a mapping' in text:
+        return InputError(f'{text}; {NESTED_FORM}')
+    if "'lut' cost needs a JSON table" in text or "cost_options for ['lut'] but no budget" in text:
+        return InputError(f'{text}; --lut FILE gives the table of a lut budget (--budget lut=VALUE)')
+    if 'LUT' in text and 'cost_options' not in text:
         return InputError(f'{text}; a LUT is {LUT_FORM}')
     return err
 
