@@ -100,6 +100,20 @@ class Inputs:
         self.last_checkpoint(path)
         return path
 
+    def tensor(self, name: str, shape) -> str:
+        return _save(self.tmp / name, torch.randn(*shape))
+
+    def folder(self, name: str = 'empty') -> str:
+        (self.tmp / name).mkdir(exist_ok=True)
+        return str(self.tmp / name)
+
+    def mm_checkpoint(self) -> str:
+        """A float checkpoint of the tiny config's model (mmengine names)."""
+        from mmengine.config import Config
+
+        return _save(self.tmp / 'mm_float.pth',
+                     {'state_dict': build_model_from_cfg(Config.fromfile(self.config)).state_dict()})
+
     def export(self, *args, policy=None, checkpoint=None) -> list:
         """``ssps export`` arguments; outputs in the work dir, which must stay absent."""
         return ['--policy', policy or self.plain_policy(), '--checkpoint', checkpoint or self.float_checkpoint(),
@@ -288,12 +302,36 @@ CASES = {
     'export: unknown model': ('export', lambda i: i.export('--model', 'no_such_net'), "unknown model 'no_such_net'",
                               'a torchvision.models name'),
     'export: input shape': ('export', lambda i: i.export('--input-shape', '1x3x32x32'),
-                            '--input-shape must be comma-separated integers', 'N,C,H,W'),
+                            '--input-shape must be 4 comma-separated positive integers', 'N,C,H,W'),
+    'export: input shape of 3 numbers': ('export', lambda i: i.export('--input-shape', '3,32,32'),
+                                         '--input-shape must be 4 comma-separated positive integers', "'3,32,32'"),
     'export: output is a folder': ('export', lambda i: [*i.export()[:4], '--output', str(i.tmp)],
                                    'cannot be written: it is a folder', 'give a file name'),
     'export: output under a file': ('export', lambda i: [*i.export()[:4], '--output',
                                                          i.text('f.txt', 'x') + '/m.onnx'],
                                     'f.txt is not a folder but a file', 'give a file name in a folder you can write'),
+    # -- ssps export: calibration data against the model's input
+    'export: CIFAR subset for a 64x64 input': ('export', lambda i: i.export('--calibrate', '8', '--input-shape',
+                                                                           '1,3,64,64'),
+                                               'calibrates on the shipped CIFAR-10 subset (3x32x32 images), which '
+                                               'does not fit the model input 3x64x64', '--calib-data FOLDER'),
+    'export: calibration tensor of another shape': ('export', lambda i: i.export(
+        '--calib-data', i.tensor('x16.pt', (8, 3, 16, 16)), '--input-shape', '1,3,32,32'),
+        'holds inputs of 3x16x16 but the model input (--input-shape) is 3x32x32', "give inputs of the model's shape"),
+    'export: calibration tensor not 4-d': ('export', lambda i: i.export('--calib-data', i.tensor('x2.pt', (8, 3))),
+                                           'holds a 2-d torch.float32 tensor', 'a float tensor (N, C, H, W)'),
+    'export: calibration data missing': ('export', lambda i: i.export('--calib-data', str(i.tmp / 'none')),
+                                         'none does not exist', 'accepted: --calib-data FOLDER'),
+    'export: calibration folder empty': ('export', lambda i: i.export('--calib-data', i.folder()), 'holds no image',
+                                         '.jpg, .jpeg, .png'),
+    'export: input channels': ('export', lambda i: i.export('--input-shape', '1,1,32,32', '--calibrate', '8'),
+                               "has 1 channel(s) but the model's first convolution takes 3", 'N,3,H,W'),
+    'export: mean without a folder': ('export', lambda i: i.export('--calibrate', '8', '--mean', '120'),
+                                      '--mean/--std normalise the images of --calib-data FOLDER', 'leave them out'),
+    'export: config data of another shape': ('export', lambda i: i.export(
+        '--config', i.config, '--calibrate', '8', '--input-shape', '1,3,64,64', policy=i.mm_policy(),
+        checkpoint=i.mm_checkpoint()), 'gives inputs of 3x32x32 but --input-shape is 3x64x64',
+        'leave out --input-shape'),
     # -- ssps report
     'report: out under a file': ('report', lambda i: [i.plain_policy(), '--out', i.text('r.txt', 'x') + '/report'],
                                  'r.txt is not a folder but a file', 'give a folder you can write to'),
