@@ -2,8 +2,15 @@
 
 Builds the float model, applies the policy (every layer at its fixed bits), loads the checkpoint
 (of the retrained fixed model, of the search supernet, or a float one plus ``--calibrate``) and
-writes an ONNX file with QuantizeLinear/DequantizeLinear pairs; optionally also the NNI
-``config_list`` of the policy.
+writes an ONNX file whose quantized weights are integer initializers (int8; INT4 for weights of
+<= 4 bits with ``--opset 21``) followed by DequantizeLinear, and whose layer inputs get
+QuantizeLinear/DequantizeLinear pairs; optionally also the NNI ``config_list`` of the policy. It
+prints the file's weight bytes next to the policy's (each weight at its bit-width).
+
+Step sizes a checkpoint lacks are calibrated on the user's data (``ssps_nni.cli.calib_data``):
+``--calib-data FOLDER`` (images resized to ``--input-shape``) or ``FILE`` (a tensor of model
+inputs), else the ``--config``'s training data, else the shipped CIFAR-10 subset (3x32x32 only);
+data that does not fit the model's input is refused.
 
 Example::
 
@@ -123,7 +130,8 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
     ap.add_argument("--num-classes", type=int, default=10)
     ap.add_argument("--input-shape", default=None,
                     help="model input N,C,H,W (default: the calibration data's, else 1,3,32,32)")
-    ap.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17, at least 13)")
+    ap.add_argument("--opset", type=int, default=None,
+                    help="ONNX opset (default 17, at least 13; from 21 on weights of <= 4 bits are stored as INT4)")
     ap.add_argument("--calibrate", type=int, default=None, metavar="N",
                     help="initialise missing step sizes on N inputs: of --calib-data, else of --config's training "
                          f"data, else of the shipped CIFAR-10 subset (3x32x32 inputs only); default with "
@@ -184,6 +192,16 @@ def calibrate(args, model, uncalibrated: list, shape, prog: str = PROG) -> tuple
     return shape
 
 
+def storage_line(path: Path, model) -> str:
+    """One line: the file's size, its weights' bytes by storage type, the policy's weights at their bits."""
+    import onnx
+
+    from ssps_nni.onnx_storage import policy_weight_bytes, weight_bytes
+
+    stored = weight_bytes(onnx.load(str(path)))
+    parts = ", ".join(f"{kind} {stored[kind] / 1e6:.4g}" for kind in ("int8", "int4", "float") if stored[kind])
+    return (f"{path}: {path.stat().st_size / 1e6:.4g} MB; weights in the file {stored['total'] / 1e6:.4g} MB "
+            f"({parts or 'none'}), the policy's weights at their bit-widths {policy_weight_bytes(model) / 1e6:.4g} MB")
 
 
 def run(args: argparse.Namespace, prog: str = PROG) -> Path:
@@ -234,6 +252,7 @@ def run(args: argparse.Namespace, prog: str = PROG) -> Path:
     out = export_onnx(model, torch.zeros(shape or DEFAULT_SHAPE), args.output, opset=args.opset or DEFAULT_OPSET,
                       metadata={"ssps.policy": str(Path(args.policy).name),
                                 "ssps.model": args.model if not args.config else Path(args.config).name})
+    print(storage_line(out, model))
     if args.nni_config:
         from ssps_nni.nni.config_list import policy_to_nni_config_list  # imports NNI: only when asked
 

@@ -82,6 +82,7 @@ def test_cli_calibrates_on_the_users_data(saved, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "ssps export: warning: calibration images as small as 32x32 are resized up to 96x96 (3.0x)" in res.stderr
     assert "on 16 images of" in res.stdout and "resized to 96x96" in res.stdout
+    assert "weights in the file" in res.stdout and "the policy's weights at their bit-widths" in res.stdout
     dims = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
     assert dims[1:] == [3, 96, 96]
     x, _ = to_tensor(items[:8])
