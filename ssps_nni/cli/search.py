@@ -14,15 +14,18 @@ input exits with status 2 and one ``ssps search: error:`` line, no traceback and
 the policy table, its cost, the target and the reference costs (FP32, W8A8, all-minimum,
 all-maximum).
 
-Exit status: 0 done (``WORK_DIR/policy.json`` written), 2 bad input, 3 a diverged search,
-130 interrupted (Ctrl-C). Faults and resuming:
+Exit status: 0 done (``WORK_DIR/policy.json`` written), 2 bad input (also: the work dir cannot
+be written, or another run holds it, ``ssps_nni.cli.lock``), 3 a diverged search, 130 interrupted
+(Ctrl-C, SIGINT), 143 stopped by SIGTERM. Faults and resuming:
 
 - While it runs, the search keeps its snapshot in ``policy.partial.json`` (``"final": false``),
   which ``ssps train`` and ``ssps export`` refuse without ``--allow-partial``; ``policy.json``
   appears only when the search is done.
-- Ctrl-C stops with one line (the step reached) and exit status 130; the work dir resumes
-  with ``--resume``. A Ctrl-C during a checkpoint save takes effect when the save is complete
-  (:func:`ssps_nni.cli.resume.deferred_sigint`), so the checkpoint and ``last_checkpoint`` are whole.
+- Ctrl-C (SIGINT) or SIGTERM (a scheduler's pre-emption): the current step finishes, a checkpoint
+  of that iteration is saved, the partial policy written, one line says the step reached and how
+  to resume, and the exit status is 130 / 143 (:class:`ssps_nni.cli.stop.GracefulStop`; a second
+  signal stops at once, after a checkpoint save in progress, so the checkpoint and
+  ``last_checkpoint`` are whole). ``--resume`` continues at the next iteration, mid-epoch too.
 - ``--resume`` continues from the checkpoint that the work dir's ``last_checkpoint`` names.
   A truncated or unreadable one (a kill during its save) is detected first: the newest readable
   ``epoch_N.pth`` / ``iter_N.pth`` before it is taken instead, with a warning, or the run is
@@ -51,7 +54,8 @@ from pathlib import Path
 from ..errors import SSPSError
 from .methods import run_random, run_sensitivity
 from .lock import work_dir_lock
-from .resume import check_resume, defer_sigint_in_saves
+from .resume import check_resume
+from .stop import GracefulStop
 from .common import (DEFAULT_CONFIG_NAME, InputError, add_budget, add_candidates, add_cfg_options, add_config,
                      add_load_from, add_seed, add_ssps_imports, add_work_dir, check_data_paths, check_load_from,
                      check_output_dir, config_path, default_work_dir, fail, work_dir_room, CANDIDATE_FORM)
@@ -349,25 +353,32 @@ def print_result(work_dir: str) -> bool:
     return True
 
 
-def interrupted_message(cfg, args) -> str:
-    """The one line of an interrupted search: the step reached and how to resume."""
+def interrupted_message(cfg, args, err=None) -> str:
+    """The one line of an interrupted search: the step reached and how to resume.
+
+    Args:
+        err: the ``KeyboardInterrupt`` (a :class:`ssps_nni.cli.stop.Interrupted` names its signal).
+    """
     runner = getattr(args, 'runner', None)
+    signum = getattr(err, 'signum', None)
+    what = 'interrupted' if signum in (None, 2) else f'stopped by {getattr(err, "args", ("a signal",))[0]}'
     if args.method != 'ssps':
-        return f'interrupted; --method {args.method} trains nothing and has nothing to resume: run it again'
+        return f'{what}; --method {args.method} trains nothing and has nothing to resume: run it again'
     if runner is None:
-        return 'interrupted before the search started; nothing to resume (run the command again)'
+        return f'{what} before the search started; nothing to resume (run the command again)'
     step = None
     for hook in getattr(runner, 'hooks', []):
         search = getattr(hook, 'search', None)
         if type(hook).__name__ == 'SSPSHook' and search is not None:
             step = f'step {search.step} of {search.config.total_steps}'
-    where = f'{step or "the start"} (epoch {runner.epoch + 1}, iteration {runner.iter})'
+    iteration = getattr(err, 'iteration', None)
+    where = f'{step or "the start"} (epoch {runner.epoch + 1}, iteration {runner.iter if iteration is None else iteration})'
     pointer = Path(cfg.work_dir) / 'last_checkpoint'
     last = pointer.read_text().strip() if pointer.is_file() else ''
     if not last:
-        return (f'interrupted at {where}, before the first checkpoint: nothing to resume; '
+        return (f'{what} at {where}, before the first checkpoint: nothing to resume; '
                 f'run the command again without --resume ({cfg.work_dir} holds no policy.json)')
-    return (f'interrupted at {where}; resume with --resume (the same command and --work-dir {cfg.work_dir}, '
+    return (f'{what} at {where}; resume with --resume (the same command and --work-dir {cfg.work_dir}, '
             f'from {last}); no policy.json was written, {partial_status(cfg.work_dir)}')
 
 
@@ -376,14 +387,16 @@ def interrupted_message(cfg, args) -> str:
 def run_ssps(cfg, args) -> None:
     """The SSPS search: the config's training run; its ``SSPSHook`` writes the policy.
 
-    The runner is kept as ``args.runner`` (for :func:`interrupted_message`); a Ctrl-C during a
-    checkpoint save takes effect after it (:func:`defer_sigint_in_saves`).
+    The runner is kept as ``args.runner`` (for :func:`interrupted_message`); SIGINT and SIGTERM
+    stop it at the end of a step with a checkpoint of that iteration (``args.stop``,
+    :class:`ssps_nni.cli.stop.GracefulStop`).
     """
     from mmengine.runner import Runner
 
     runner = Runner.from_cfg(cfg)
     args.runner = runner
-    defer_sigint_in_saves(runner)
+    if getattr(args, 'stop', None) is not None:
+        args.stop.attach(runner)
     runner.train()
 
 
@@ -433,15 +446,15 @@ def main(argv=None, prog: str = PROG) -> int:
         check_resume(cfg, args, warn=lambda text: print(f'{prog}: warning: {text}', file=sys.stderr))
         check_budget_reachable(cfg, config)
         build_hook(cfg, config)
-        with work_dir_lock(cfg.work_dir, prog):  # one run per work dir (ssps_nni.cli.lock)
+        with work_dir_lock(cfg.work_dir, prog), GracefulStop(prog) as args.stop:  # ssps_nni.cli.lock, .stop
             RUNS[args.method](cfg, args)
     except (InputError, SSPSError) as err:
         return fail(prog, explained(err))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # also stop.Interrupted: SIGINT or SIGTERM
         if cfg is None:
             print(f'{prog}: interrupted before the search started; nothing was written', file=sys.stderr)
         else:
-            print(f'{prog}: {interrupted_message(cfg, args)}', file=sys.stderr)
-        return 130
+            print(f'{prog}: {interrupted_message(cfg, args, err)}', file=sys.stderr)
+        return int(getattr(err, 'exit_status', 130))
     print_result(cfg.work_dir)
     return 0
