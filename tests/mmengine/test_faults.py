@@ -87,13 +87,17 @@ def assert_nothing_final(work_dir: Path, train_tool, tiny_config, tmp_path, caps
     assert 'Traceback' not in err and not train_dir.exists()
 
 
-def assert_resumes_to(full_run: Path, tiny_config, work_dir: Path, expect_warning: str | None = None) -> None:
+#: The warning of a run that takes over the work-dir lock of a killed one (ssps_nni.cli.lock).
+LOCK_TAKEN_OVER = 'which is no longer running (killed?); this run takes it over'
+
+
+def assert_resumes_to(full_run: Path, tiny_config, work_dir: Path, *expect_warnings: str) -> None:
     """``--resume`` finishes the search with the uninterrupted run's policy."""
     result = run_search_tool(tiny_config, '--work-dir', work_dir, '--resume', *EPOCHS)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert 'Traceback' not in result.stderr
-    if expect_warning:
-        assert expect_warning in result.stderr, result.stderr[-3000:]
+    for warning in expect_warnings:
+        assert warning in result.stderr, result.stderr[-3000:]
     straight, resumed = load_policy(full_run / POLICY_JSON), load_policy(work_dir / POLICY_JSON)
     assert resumed.final and resumed.layers == straight.layers
     assert resumed.meta['totals'] == straight.meta['totals']
@@ -114,8 +118,8 @@ def test_kill_during_a_checkpoint_save_then_resume(full_run, tiny_config, train_
     assert_nothing_final(work_dir, train_tool, tiny_config, tmp_path, capsys)
     (work_dir / 'epoch_2.pth.writing').unlink()
     (work_dir / 'last_checkpoint').write_text(str(truncated))
-    assert_resumes_to(full_run, tiny_config, work_dir,
-                      expect_warning=f'resuming from the previous one, {work_dir / "epoch_1.pth"}')
+    assert_resumes_to(full_run, tiny_config, work_dir, f'resuming from the previous one, {work_dir / "epoch_1.pth"}',
+                      LOCK_TAKEN_OVER)
 
 
 def test_ctrl_c_during_a_checkpoint_save_exits_130_and_resumes(full_run, tiny_config, tmp_path):
@@ -192,7 +196,7 @@ def test_kill_at_several_points_then_resume(full_run, tiny_config, train_tool, t
     assert kill(proc) == -signal.SIGKILL
     assert_nothing_final(work_dir, train_tool, tiny_config, tmp_path, capsys)
     (work_dir / 'epoch_2.pth.writing').unlink(missing_ok=True)
-    assert_resumes_to(full_run, tiny_config, work_dir)
+    assert_resumes_to(full_run, tiny_config, work_dir, LOCK_TAKEN_OVER)
 
 
 # -- what the tools do with a killed search's snapshot -----------------------------------------
