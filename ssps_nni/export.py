@@ -1,21 +1,25 @@
 """ONNX export of a fixed mixed-precision model as a QDQ graph (docs/algorithm.md §8).
 
-:func:`export_onnx` writes the fixed model (every cell decided) as a QDQ graph. Each
-quantized weight gets ``QuantizeLinear -> [Clip] -> DequantizeLinear`` per output channel
-(``axis=0``, int8, zero point 0) and each quantized layer input gets the same chain per tensor
-(uint8 when the cell's ``a_signed`` is 0, else int8, zero point 0). A bit-width ``b < 8`` keeps
-the 8-bit storage type and clips to the integer range of ``b`` bits (docs/algorithm.md §2), e.g. 4-bit
-weights: ``QuantizeLinear(int8) -> Clip(-7, 7) -> DequantizeLinear``; 8-bit weights clip to
-``(-127, 127)``; an 8-bit input needs no Clip. Bit-width 32 stays float (no nodes).
+:func:`export_onnx` writes the fixed model (every cell decided) with integer weights. Each
+quantized weight is stored as an **integer initializer** (its codes ``clamp(round(w / s))``,
+per output channel) followed by ``DequantizeLinear`` (``axis=0``, zero point 0), so the file
+holds 1 byte per weight (int8), or half a byte (INT4) for weights of at most 4 bits when the
+opset is 21 or later (:mod:`ssps_nni.onnx_storage`). Each quantized layer input gets
+``QuantizeLinear -> [Clip] -> DequantizeLinear`` per tensor (uint8 when the cell's
+``a_signed`` is 0, else int8, zero point 0). A bit-width ``b < 8`` keeps the 8-bit storage type:
+weight codes lie in the ``b``-bit range by construction, inputs are clipped to it
+(docs/algorithm.md §2), e.g. a 3-bit unsigned input: ``QuantizeLinear(uint8) -> Clip(0, 7) ->
+DequantizeLinear``; an 8-bit input needs no Clip. Bit-width 32 stays float (no nodes).
 The model's ``metadata_props`` hold ``ssps.bits`` = JSON ``{layer: [w_bits, a_bits]}`` and
 ``ssps.a_signed`` = JSON ``{layer: bool}``; :func:`read_onnx_bits` reads the bits back.
 
 The ONNX graph is produced by an export mode of the cells (:func:`onnx_export_mode`): for the
-duration of ``torch.onnx.export`` each cell's forward calls :class:`QuantDequant`, an
-``autograd.Function`` whose ``symbolic`` emits the QDQ nodes. torch's own
-``fake_quantize_per_*_affine`` symbolics refuse ranges other than (0, 255) / (-128, 127), so
-they cannot carry a 2..7-bit range. The legacy TorchScript exporter (``dynamo=False``) is used:
-the dynamo exporter needs ``onnxscript``, which the pinned environment does not install.
+duration of ``torch.onnx.export`` each cell's forward calls :class:`DequantizeWeight` on its
+weight codes and :class:`QuantDequant` on its input, ``autograd.Function`` s whose ``symbolic``
+emits the nodes. torch's own ``fake_quantize_per_*_affine`` symbolics refuse ranges other than
+(0, 255) / (-128, 127), so they cannot carry a 2..7-bit range. The legacy TorchScript exporter
+(``dynamo=False``) is used: the dynamo exporter needs ``onnxscript``, which the pinned
+environment does not install.
 
 Related: loading a checkpoint into the fixed model (:mod:`ssps_nni.checkpoint`), calibrating
 step sizes it lacks (:mod:`ssps_nni.calibrate`), and NNI's ``config_list`` for a policy
@@ -38,6 +42,7 @@ from torch import nn
 from .cell import QuantCellMixin
 from .checkpoint import quant_cells
 from .errors import ExportError
+from .onnx_storage import INT4_OPSET, pack_int4, weights_to_initializers
 from .policy import atomic_write
 from .quant import FLOAT_BITS, activation_qrange, fake_quantize, weight_qrange
 
@@ -46,7 +51,8 @@ __all__ = [
     "DEFAULT_OPSET", "MIN_OPSET",
 ]
 
-#: Default ONNX opset. 13 is the first with per-axis QuantizeLinear and int8 Clip.
+#: Default ONNX opset. 13 is the first with per-axis QuantizeLinear and int8 Clip; 21 the first
+#: with INT4 (weights of <= 4 bits stored in half a byte).
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
 #: Widest integer bit-width that fits the 8-bit QuantizeLinear storage types of opset < 21.
@@ -109,15 +115,48 @@ class QuantDequant(torch.autograd.Function):
         return torch.int8 if quant_min < 0 else torch.uint8
 
 
-def _weight_qdq_args(cell: QuantCellMixin, bits: int, name: str):
+class DequantizeWeight(torch.autograd.Function):
+    """Integer weight codes times their per-channel step: ``codes * scale``, exported as
+    ``DequantizeLinear(codes, scale, zero_point, axis)`` on an integer initializer.
+
+    Args (of ``apply``):
+        codes: int8 codes ``(C_out, ...)``, ``clamp(round(w / scale), q_min, q_max)``.
+        scale: float32 step sizes ``(C_out,)``.
+        zero_point: int8 zeros ``(C_out,)``.
+        axis: the channel axis of ``scale`` (0).
+    """
+
+    @staticmethod
+    def forward(ctx, codes, scale, zero_point, axis: int):  # noqa: D102
+        shape = [1] * codes.dim()
+        shape[axis] = -1
+        return codes.to(scale.dtype) * scale.reshape(shape)
+
+    @staticmethod
+    def symbolic(g, codes, scale, zero_point, axis: int):  # noqa: D102
+        return g.op("DequantizeLinear", codes, scale, zero_point, axis_i=axis)
+
+
+def weight_codes(cell: QuantCellMixin, bits: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed weight as integer codes and per-channel steps: ``codes * scale`` is exactly the
+    fake-quantized weight the model computes (same division and rounding as ``quant.fake_quantize``).
+
+    Returns:
+        ``(codes, scale)``: int8 ``(C_out, ...)`` in the ``bits``-bit range, float32 ``(C_out,)``.
+
+    Raises:
+        ExportError: the stored step is not one per output channel.
+    """
     q_min, q_max = weight_qrange(bits)
     k = cell.fixed_index("w")
     # quant.scale_grad's forward value is exactly the stored step, so export it as is
     scale = cell.w_scale[k].detach().abs().clamp_min(1e-8).float().clone()
-    if scale.shape != (cell.weight.shape[0],):
-        raise ExportError(f"layer {name!r}: w_scale row has shape {tuple(scale.shape)}, expected ({cell.weight.shape[0]},)")
-    zero = torch.zeros_like(scale, dtype=torch.int8)
-    return scale, zero, q_min, q_max, 0
+    weight = cell.weight.detach().float()
+    if scale.shape != (weight.shape[0],):
+        raise ExportError(f"layer {name!r}: w_scale row has shape {tuple(scale.shape)}, expected ({weight.shape[0]},)")
+    step = scale.reshape([-1] + [1] * (weight.dim() - 1))
+    codes = torch.clamp(torch.round(weight / step), q_min, q_max).to(torch.int8)
+    return codes, scale
 
 
 def _input_qdq_args(cell: QuantCellMixin, bits: int):
@@ -130,7 +169,10 @@ def _input_qdq_args(cell: QuantCellMixin, bits: int):
 
 
 def _make_export_forward(cell: QuantCellMixin, name: str, w_bits: int, a_bits: int):
-    w_args = _weight_qdq_args(cell, w_bits, name) if w_bits < FLOAT_BITS else None
+    w_args = None
+    if w_bits < FLOAT_BITS:
+        codes, scale = weight_codes(cell, w_bits, name)
+        w_args = (codes, scale, torch.zeros_like(scale, dtype=torch.int8), 0)
     a_args = _input_qdq_args(cell, a_bits) if a_bits < FLOAT_BITS else None
     if isinstance(cell, nn.Conv2d):
         def run(x, w):
@@ -144,9 +186,7 @@ def _make_export_forward(cell: QuantCellMixin, name: str, w_bits: int, a_bits: i
     def forward(x: torch.Tensor) -> torch.Tensor:
         if a_args is not None:
             x = QuantDequant.apply(x, *a_args)
-        w = cell.weight
-        if w_args is not None:
-            w = QuantDequant.apply(w, *w_args)
+        w = cell.weight if w_args is None else DequantizeWeight.apply(*w_args)
         return run(x, w)
 
     return forward
@@ -253,18 +293,21 @@ def export_onnx(
     dynamic_batch: bool = True,
     metadata: Mapping[str, str] | None = None,
 ) -> Path:
-    """Export a fixed mixed-precision model to ONNX with QuantizeLinear/DequantizeLinear pairs.
+    """Export a fixed mixed-precision model to ONNX with integer weights and QDQ inputs.
 
     Every cell must be decided (:func:`ssps_nni.policy.apply_policy` builds such a model) and
-    calibrated. Per quantized weight ``(C_out, ...)``: one QDQ pair, per channel (``axis=0``),
-    int8, zero point 0, clipped to ``[-(2^(b-1)-1), 2^(b-1)-1]``. Per quantized layer input: one
-    QDQ pair per tensor, uint8 (or int8 when ``a_signed``), clipped to the ``b``-bit range.
-    32-bit slots stay float. Bits go to ``metadata_props`` (``ssps.bits``, ``ssps.a_signed``).
+    calibrated. Per quantized weight ``(C_out, ...)``: an integer initializer of its codes in
+    ``[-(2^(b-1)-1), 2^(b-1)-1]`` (int8; INT4 for ``b <= 4`` from opset 21 on) and one
+    ``DequantizeLinear`` per channel (``axis=0``, zero point 0): the file holds no float copy of
+    a quantized weight. Per quantized layer input: one QDQ pair per tensor, uint8 (or int8 when
+    ``a_signed``), clipped to the ``b``-bit range. 32-bit slots stay float. Bits go to
+    ``metadata_props`` (``ssps.bits``, ``ssps.a_signed``).
 
-    Numerics: QuantizeLinear rounds half to even, as ``torch.round`` does, and both divide by
-    the same float32 step size (``quant.scale_grad``'s forward value is exactly the stored step,
-    and that step is exported), so the integer codes match the PyTorch fake-quantized model
-    except where float32 accumulation order differs between the PyTorch and the ONNX Runtime
+    Numerics: the weight codes are computed as the fake quantizer computes them, so
+    ``DequantizeLinear`` gives exactly its weight. QuantizeLinear rounds half to even, as
+    ``torch.round`` does, and both divide by the same float32 step size (``quant.scale_grad``'s
+    forward value is exactly the stored step, and that step is exported), so the input codes
+    match the PyTorch fake-quantized model except where float32 accumulation order differs between the PyTorch and the ONNX Runtime
     convolutions (about 1e-6 relative) and pushes a value across a rounding boundary of a
     *later* quantizer, which then differs by one step; the logits differ by that much, and agree
     to about 1e-6 otherwise. Measured on the 1,000 CIFAR-10 test images of the shipped subset:
@@ -281,7 +324,9 @@ def export_onnx(
         example_input: one input tensor, e.g. ``(1, 3, 32, 32)`` float, or a tuple of inputs.
         path: output ``.onnx`` file; written atomically (temp file in the same folder, then
             ``os.replace``), so a reader sees the old file or the new one.
-        opset: ONNX opset, at least 13 (per-axis QuantizeLinear, int8 Clip).
+        opset: ONNX opset, at least 13 (per-axis QuantizeLinear, int8 Clip); from 21 on, weights
+            of at most 4 bits are stored as INT4 (:func:`ssps_nni.onnx_storage.pack_int4`). An
+            opset above the newest that torch exports is reached with ``onnx.version_converter``.
         input_names, output_names: graph input/output names.
         dynamic_batch: make dimension 0 of inputs and outputs symbolic (``batch``).
         metadata: extra ``metadata_props`` (string keys and values).
@@ -303,14 +348,27 @@ def export_onnx(
     if dynamic_batch:
         dynamic_axes = {n: {0: "batch"} for n in input_names + output_names}
     buf = io.BytesIO()
+    from torch.onnx import _constants
+
+    # the TorchScript exporter writes up to opset 20 (torch 2.9); a later one is converted to by onnx
+    traced_opset = min(opset, getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20))
     with onnx_export_mode(model) as bits, torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        signed = {name: bool(int(cell.a_signed)) for name, cell in quant_cells(model).items()}
+        cells = quant_cells(model)
+        signed = {name: bool(int(cell.a_signed)) for name, cell in cells.items()}
+        codes = {name: weight_codes(cells[name], b[0], name)[0] for name, b in bits.items() if b[0] < FLOAT_BITS}
         torch.onnx.export(
-            model, args, buf, opset_version=opset, input_names=input_names, output_names=output_names,
+            model, args, buf, opset_version=traced_opset, input_names=input_names, output_names=output_names,
             dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False,
         )
     proto = onnx.load_from_string(buf.getvalue())
+    if opset > traced_opset:
+        from onnx import version_converter
+
+        proto = version_converter.convert_version(proto, opset)
+    if opset >= INT4_OPSET:
+        pack_int4(proto, codes, bits)
+    weights_to_initializers(proto)
     props = {
         META_FORMAT: ONNX_FORMAT,
         META_BITS: json.dumps({name: list(b) for name, b in bits.items()}),

@@ -39,6 +39,7 @@ from typing import Callable, Iterable, Mapping
 from torch import nn
 
 from .errors import PolicyError, PolicyNotFinalError
+from .files import atomic_write, file_mode  # noqa: F401  (atomic_write: re-exported, its home before files.py)
 
 POLICY_FORMAT = "ssps-policy"
 POLICY_VERSION = 1
@@ -201,27 +202,6 @@ class Policy:
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
         lines.insert(1, "-" * len(lines[0]))
         return "\n".join(lines)
-
-
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
-
-    Writes a temporary file in the same folder, fsyncs it, then ``os.replace``s it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
 
 
 def load_policy(path: str | os.PathLike) -> Policy:
@@ -398,6 +378,7 @@ def plot_policy(policy: Policy, history: list | None, path: str | os.PathLike) -
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, file_mode())  # the user's umask, not mkstemp's 0600
         fig.savefig(tmp, dpi=100)
         os.replace(tmp, path)
     finally:

@@ -38,6 +38,25 @@ def resolve_steps(value, total: int, least: int = 0) -> int:
     return int(value)
 
 
+#: What ``cost_options`` holds, for the messages.
+COST_OPTIONS_FORM = "a mapping {cost: {option: value}}, e.g. {'lut': {'path': 'lut.json'}}"
+
+
+def _check_cost_options(options) -> None:
+    """``options`` is :data:`COST_OPTIONS_FORM` (a string would pass its characters as cost names).
+
+    Raises:
+        ValueError: not a mapping, or a cost whose options are not a mapping (names what was given).
+    """
+    if not isinstance(options, Mapping):
+        raise ValueError(f"cost_options must be {COST_OPTIONS_FORM}; got a {type(options).__name__}: "
+                         f"{str(options)[:80]!r}")
+    for cost, value in options.items():
+        if not isinstance(value, Mapping):
+            raise ValueError(f"cost_options[{cost!r}] must be a mapping {{option: value}} (cost_options is "
+                             f"{COST_OPTIONS_FORM}); got a {type(value).__name__}: {str(value)[:80]!r}")
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """Every option of a search, with the defaults of docs/algorithm.md; frozen once checked.
@@ -51,7 +70,8 @@ class SearchConfig:
             resolves it). After construction sorted unique tuples, checked with the one rule
             of :func:`~ssps_nni.convert.check_candidates` (weights 2..32, activations 1..32).
         include, exclude, pinned, pinned_bits: which layers (``convert.py``).
-        cost_options: ``{cost name: kwargs}``, e.g. ``{'lut': {'path': 'lut.json'}}``.
+        cost_options: ``{cost name: kwargs}``, e.g. ``{'lut': {'path': 'lut.json'}}`` (a mapping of
+            mappings; anything else raises ``ValueError``).
         signal: ``'dense'`` (default): the logits learn from every candidate's score, tapped in
             the one backward (§3.1); ``'sampled'``: only through the sampled path's residual (§3).
         score, score_ema: form of the dense scores (``'squared'`` Fisher-style or ``'signed'``)
@@ -137,6 +157,7 @@ class SearchConfig:
             raise ValueError(f"logits_lr must be > 0 or None (follow the search length), got {self.logits_lr}")
         if not float(self.logits_move) > 0:
             raise ValueError(f"logits_move must be > 0, got {self.logits_move}")
+        _check_cost_options(self.cost_options)
         unknown = set(self.cost_options) - {b.cost for b in budgets}
         if unknown:
             raise ValueError(f"cost_options for {sorted(unknown)} but no budget on those costs")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import os.path as osp
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,6 +23,13 @@ CANDIDATE_FORM = ('comma-separated integer bit-widths, e.g. 2,3,4,6,8: weights i
 #: Shown by ``--help``; ``ssps_nni.cost.BUDGET_FORMS`` is the parser's own list (imports torch).
 BUDGET_HELP = ('hardware budget(s), comma-separated, e.g. bitops=W4A4, bitops=1.2G, size=1.5MB, '
                'bitfusion=W4A4, lut=3.5 or bitops=W4A4,size=1.5MB')
+
+
+#: Free space below which an output folder is refused: checkpoints and logs need room
+#: (:func:`check_output_dir`; a run's own estimate may ask for more).
+MIN_FREE_BYTES = 64 * 2**20
+#: The same for the folder of a result file (an ONNX model, a report).
+MIN_FREE_FILES = 8 * 2**20
 
 
 class InputError(Exception):
@@ -272,3 +280,77 @@ def apply_amp(cfg, args) -> None:
     else:
         wrapper.update(type='AmpOptimWrapper', dtype=AMP_DTYPES[amp], loss_scale='dynamic')
     cfg.optim_wrapper = wrapper
+
+
+# -- output locations ------------------------------------------------------------------------------
+
+def _mib(n: int) -> str:
+    return f'{n / 2**20:.1f} MiB'
+
+
+def output_problem(folder, min_free: int = MIN_FREE_BYTES) -> str | None:
+    """Why files cannot be written into ``folder`` (created if missing), or None.
+
+    Nothing is created: the nearest existing folder on the path is checked (write and search
+    permission, ``os.access``; free space, ``shutil.disk_usage``).
+
+    Args:
+        folder: the output folder (relative to the working directory).
+        min_free: bytes that must be free on its file system.
+    """
+    probe = osp.abspath(osp.expanduser(str(folder)))
+    while not osp.lexists(probe):  # the nearest existing part of the path
+        probe = osp.dirname(probe)
+    if not osp.isdir(probe):
+        what = 'a broken link' if osp.islink(probe) else 'a file'
+        return f'{probe} is not a folder but {what}'
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f'no permission to write in {probe}'
+    free = shutil.disk_usage(probe).free
+    if free < min_free:
+        return f'no space: {_mib(free)} free on the file system of {probe}, at least {_mib(min_free)} needed'
+    return None
+
+
+def check_output_dir(path, option: str, min_free: int = MIN_FREE_BYTES) -> None:
+    """``path`` is a folder this process can create or write into, on a file system with room;
+    checked before anything runs, so a refused run writes nothing (:func:`output_problem`).
+
+    Args:
+        path: the output folder.
+        option: the option that set it, for the message (e.g. ``'--work-dir'``).
+        min_free: bytes that must be free on its file system.
+
+    Raises:
+        InputError: one line naming the path and why it cannot be written: not a folder (a
+            file on the path), no permission, or no space.
+    """
+    problem = output_problem(path, min_free)
+    if problem:
+        raise InputError(f'{option} {path} cannot be written: {problem}; give a folder you can write to, '
+                         'on a disk with room (it is created if missing)')
+
+
+def check_output_file(path, option: str, min_free: int = MIN_FREE_FILES) -> None:
+    """``path`` is a file this process can write (atomically: a new file in its folder, renamed).
+
+    Raises:
+        InputError: the path is a folder, or its folder cannot be written (:func:`output_problem`).
+    """
+    if osp.isdir(str(path)):
+        problem = 'it is a folder'
+    else:
+        problem = output_problem(osp.dirname(osp.abspath(osp.expanduser(str(path)))), min_free)
+    if problem:
+        raise InputError(f'{option} {path} cannot be written: {problem}; give a file name in a folder you can '
+                         'write to, on a disk with room')
+
+
+def work_dir_room(load_from=None) -> int:
+    """Free bytes a training run's work dir needs: :data:`MIN_FREE_BYTES`, or four times the
+    starting checkpoint (weights, optimizer state and the search state of two checkpoints)."""
+    try:
+        size = os.path.getsize(load_from) if load_from else 0
+    except OSError:
+        size = 0
+    return max(MIN_FREE_BYTES, 4 * size)

@@ -2,8 +2,15 @@
 
 Builds the float model, applies the policy (every layer at its fixed bits), loads the checkpoint
 (of the retrained fixed model, of the search supernet, or a float one plus ``--calibrate``) and
-writes an ONNX file with QuantizeLinear/DequantizeLinear pairs; optionally also the NNI
-``config_list`` of the policy.
+writes an ONNX file whose quantized weights are integer initializers (int8; INT4 for weights of
+<= 4 bits with ``--opset 21``) followed by DequantizeLinear, and whose layer inputs get
+QuantizeLinear/DequantizeLinear pairs; optionally also the NNI ``config_list`` of the policy. It
+prints the file's weight bytes next to the policy's (each weight at its bit-width).
+
+Step sizes a checkpoint lacks are calibrated on the user's data (``ssps_nni.cli.calib_data``):
+``--calib-data FOLDER`` (images resized to ``--input-shape``) or ``FILE`` (a tensor of model
+inputs), else the ``--config``'s training data, else the shipped CIFAR-10 subset (3x32x32 only);
+data that does not fit the model's input is refused.
 
 Example::
 
@@ -37,12 +44,11 @@ import sys
 from pathlib import Path
 
 from ..errors import PolicyError, SSPSError
-from .common import InputError, fail, read_policy
+from .common import InputError, check_output_file, fail, read_policy
 
 PROG = 'ssps export'
-#: mmpretrain's CIFAR-10 normalisation (RGB, 0..255), used by ``--calibrate``.
-CIFAR_MEAN = (125.307, 122.961, 113.8575)
-CIFAR_STD = (51.5865, 50.847, 51.255)
+#: Inputs ``--calib-data`` calibrates on when ``--calibrate`` is not given.
+DEFAULT_CALIBRATE = 256
 
 
 def build_model(name: str, num_classes: int):
@@ -111,21 +117,6 @@ def read_checkpoint(path: str, trust: bool) -> dict:
     return ckpt
 
 
-def cifar_batches(count: int, batch: int = 100):
-    """``count`` normalised CIFAR-10 training images of the shipped subset, ``(B, 3, 32, 32)``."""
-    import numpy as np
-    import torch
-
-    from ssps_nni.data import load_cifar10_subset
-
-    items = load_cifar10_subset("train")[:count]
-    mean = np.asarray(CIFAR_MEAN, dtype=np.float32)
-    std = np.asarray(CIFAR_STD, dtype=np.float32)
-    for i in range(0, len(items), batch):
-        imgs = np.stack([it["img"] for it in items[i:i + batch]]).astype(np.float32)
-        yield torch.from_numpy(((imgs - mean) / std).transpose(0, 3, 1, 2).copy())
-
-
 def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
     """The command line; argparse exits with status 2 on a malformed one."""
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
@@ -137,10 +128,20 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
     ap.add_argument("--config", default=None,
                     help="mmengine config whose model to build instead of --model (checkpoints of ssps train)")
     ap.add_argument("--num-classes", type=int, default=10)
-    ap.add_argument("--input-shape", default="1,3,32,32", help="example input N,C,H,W (default 1,3,32,32)")
-    ap.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17, at least 13)")
-    ap.add_argument("--calibrate", type=int, default=0, metavar="N",
-                    help="initialise missing step sizes from N CIFAR-10 training images of the shipped subset")
+    ap.add_argument("--input-shape", default=None,
+                    help="model input N,C,H,W (default: the calibration data's, else 1,3,32,32)")
+    ap.add_argument("--opset", type=int, default=None,
+                    help="ONNX opset (default 17, at least 13; from 21 on weights of <= 4 bits are stored as INT4)")
+    ap.add_argument("--calibrate", type=int, default=None, metavar="N",
+                    help="initialise missing step sizes on N inputs: of --calib-data, else of --config's training "
+                         f"data, else of the shipped CIFAR-10 subset (3x32x32 inputs only); default with "
+                         f"--calib-data: {DEFAULT_CALIBRATE}")
+    ap.add_argument("--calib-data", metavar="FOLDER|FILE",
+                    help="calibration data: a folder of images (resized to --input-shape, normalised with "
+                         "--mean/--std) or a .pt/.pth/.npy float tensor (N, C, H, W) of model inputs")
+    ap.add_argument("--mean", help="per-channel mean of folder images, 0..255 (default: the --config's, else "
+                                   "CIFAR-10's for ssps_nni models, ImageNet's for torchvision ones)")
+    ap.add_argument("--std", help="per-channel std of folder images, 0..255 (default as --mean)")
     ap.add_argument("--nni-config", default=None, help="also write the NNI config_list (JSON) here")
     ap.add_argument("--trust-checkpoint", action="store_true", help="torch.load with weights_only=False")
     ap.add_argument("--allow-partial", action="store_true",
@@ -149,11 +150,58 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
 
 
 def input_shape(text: str) -> tuple[int, ...]:
-    """``'1,3,32,32'`` -> ``(1, 3, 32, 32)``; raises ``InputError`` for anything else."""
+    """``'1,3,32,32'`` -> ``(1, 3, 32, 32)``; raises ``InputError`` for anything but 4 positive integers."""
     try:
-        return tuple(int(v) for v in text.split(","))
+        shape = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise InputError(f"--input-shape must be comma-separated integers N,C,H,W (e.g. 1,3,32,32), got {text!r}") from None
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise InputError(f"--input-shape must be 4 comma-separated positive integers N,C,H,W (e.g. 1,3,32,32), "
+                         f"got {text!r}")
+    return shape
+
+
+def calibrate(args, model, uncalibrated: list, shape, prog: str = PROG) -> tuple[int, ...]:
+    """Initialise the step sizes the checkpoint lacks on the user's data (:mod:`.calib_data`).
+
+    Returns:
+        The input shape to export at (the data's when ``--input-shape`` was not given).
+
+    Raises:
+        InputError: no ``--calibrate``/``--calib-data``; data that does not fit the model.
+    """
+    from ssps_nni.calibrate import calibrate_cells
+
+    from .calib_data import calibration_data
+
+    count = args.calibrate or (DEFAULT_CALIBRATE if args.calib_data else 0)
+    if count <= 0:
+        raise InputError(
+            f"the checkpoint has no step sizes for {len(uncalibrated)} quantized layers "
+            f"({', '.join(uncalibrated[:4])}{' ...' if len(uncalibrated) > 4 else ''}); "
+            "export the retrained fixed model's checkpoint, or pass --calibrate N (on your data: "
+            "--calib-data FOLDER|FILE, or --config CONFIG)")
+    batches, shape, what = calibration_data(args, model, shape, count,
+                                            warn=lambda text: print(f"{prog}: warning: {text}", file=sys.stderr))
+    print(f"{prog}: calibrating the step sizes of {len(uncalibrated)} layers on {what}")
+    try:
+        calibrate_cells(model, batches, uncalibrated)
+    except RuntimeError as err:  # the model's own shape errors
+        raise InputError(f"the model cannot run on the calibration inputs ({str(err).splitlines()[0]}); give data "
+                         "of the model's input shape") from None
+    return shape
+
+
+def storage_line(path: Path, model) -> str:
+    """One line: the file's size, its weights' bytes by storage type, the policy's weights at their bits."""
+    import onnx
+
+    from ssps_nni.onnx_storage import policy_weight_bytes, weight_bytes
+
+    stored = weight_bytes(onnx.load(str(path)))
+    parts = ", ".join(f"{kind} {stored[kind] / 1e6:.4g}" for kind in ("int8", "int4", "float") if stored[kind])
+    return (f"{path}: {path.stat().st_size / 1e6:.4g} MB; weights in the file {stored['total'] / 1e6:.4g} MB "
+            f"({parts or 'none'}), the policy's weights at their bit-widths {policy_weight_bytes(model) / 1e6:.4g} MB")
 
 
 def run(args: argparse.Namespace, prog: str = PROG) -> Path:
@@ -163,13 +211,21 @@ def run(args: argparse.Namespace, prog: str = PROG) -> Path:
         InputError, SSPSError (PolicyError, PolicyNotFinalError without ``--allow-partial``,
         ExportError): one-line messages.
     """
-    shape = input_shape(args.input_shape)
+    shape = input_shape(args.input_shape) if args.input_shape is not None else None
+    check_output_file(args.output, '--output')
+    if args.nni_config:
+        check_output_file(args.nni_config, '--nni-config')
+    if (args.mean or args.std) and not (args.calib_data and Path(args.calib_data).is_dir()):
+        raise InputError('--mean/--std normalise the images of --calib-data FOLDER; leave them out otherwise')
+    if args.calibrate is not None and args.calibrate < 1:
+        raise InputError(f'--calibrate must be >= 1 (inputs to calibrate on), got {args.calibrate}')
     import torch
 
-    from ssps_nni.calibrate import calibrate_cells
     from ssps_nni.checkpoint import load_fixed_state
     from ssps_nni.export import DEFAULT_OPSET, export_onnx
     from ssps_nni.policy import apply_policy, atomic_write
+
+    from .calib_data import DEFAULT_SHAPE, check_model_input
 
     policy, warning = read_policy(args.policy, args.allow_partial)
     if warning:
@@ -179,6 +235,8 @@ def run(args: argparse.Namespace, prog: str = PROG) -> Path:
     state = read_checkpoint(args.checkpoint, args.trust_checkpoint)
     if not args.config:
         model = build_model(args.model, args.num_classes)
+    if shape is not None:
+        check_model_input(model, shape)  # the float model, before the policy's cells
     try:
         policy = policy.for_model(model, log=print)  # layer names of the model (the mapping printed)
     except PolicyError as err:
@@ -187,17 +245,14 @@ def run(args: argparse.Namespace, prog: str = PROG) -> Path:
     apply_policy(model, policy)
     uncalibrated = load_fixed_state(model, state, policy)
     if uncalibrated:
-        if args.calibrate <= 0:
-            raise InputError(
-                f"the checkpoint has no step sizes for {len(uncalibrated)} quantized layers "
-                f"({', '.join(uncalibrated[:4])}{' ...' if len(uncalibrated) > 4 else ''}); "
-                "export the retrained fixed model's checkpoint, or pass --calibrate N"
-            )
-        calibrate_cells(model, cifar_batches(args.calibrate), uncalibrated)
+        shape = calibrate(args, model, uncalibrated, shape, prog)
+    elif args.calib_data:
+        print(f"{prog}: the checkpoint has every step size; --calib-data is not used")
     model.eval()
-    out = export_onnx(model, torch.zeros(shape), args.output, opset=args.opset or DEFAULT_OPSET,
+    out = export_onnx(model, torch.zeros(shape or DEFAULT_SHAPE), args.output, opset=args.opset or DEFAULT_OPSET,
                       metadata={"ssps.policy": str(Path(args.policy).name),
                                 "ssps.model": args.model if not args.config else Path(args.config).name})
+    print(storage_line(out, model))
     if args.nni_config:
         from ssps_nni.nni.config_list import policy_to_nni_config_list  # imports NNI: only when asked
 

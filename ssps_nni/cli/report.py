@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from ..errors import SSPSError
-from .common import InputError, fail
+from .common import MIN_FREE_FILES, InputError, check_output_dir, fail
 
 PROG = 'ssps report'
 
@@ -60,6 +60,7 @@ def main(argv=None, prog: str = PROG) -> int:
     try:
         if args.labels is not None and len(args.labels) != len(args.policies):
             raise InputError(f"--labels has {len(args.labels)} names for {len(args.policies)} policies")
+        check_output_dir(args.out, '--out', MIN_FREE_FILES)
         from ssps_nni.policy import load_policy
         from ssps_nni.report import unique_labels, write_report
 

@@ -1,16 +1,13 @@
-"""``ssps search --resume`` and Ctrl-C: a whole checkpoint to resume from, saves that finish.
+"""``ssps search --resume``: a whole checkpoint to resume from.
 
 A kill during a checkpoint save can leave a truncated ``epoch_N.pth`` that ``last_checkpoint``
 names; :func:`resume_from` detects it and takes the previous whole one (docs/algorithm.md §8).
-A Ctrl-C during a save is held until the save is done (:func:`deferred_sigint`).
+Stopping on SIGINT/SIGTERM with a checkpoint of the current iteration: :mod:`ssps_nni.cli.stop`.
 """
 from __future__ import annotations
 
 import re
-import signal
-import threading
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
 from .common import InputError
@@ -118,49 +115,3 @@ def check_resume(cfg, args, warn=None) -> None:
         problem = resume_problem(cfg.load_from)
         if problem:
             raise InputError(f'--resume --load-from: {problem}; give a whole checkpoint of this search')
-
-
-# -- interruption --------------------------------------------------------------------------------
-
-#: Runner hooks under which mmengine's CheckpointHook saves (by iteration, by epoch, best).
-SAVE_POINTS = frozenset({'after_train_iter', 'after_train_epoch', 'after_val_epoch'})
-
-
-@contextmanager
-def deferred_sigint():
-    """Hold a SIGINT (Ctrl-C) until the block is done, then raise ``KeyboardInterrupt``.
-
-    Around the runner hooks that save checkpoints, so that a Ctrl-C during the save leaves a
-    whole checkpoint and ``last_checkpoint`` naming it (not mmengine's "Failed to format the
-    config file" from an interrupted ``pretty_text``, nor a half-written file). Outside the main
-    thread (where signal handlers cannot be set) the block runs as is.
-
-    Raises:
-        KeyboardInterrupt: after the block, if a SIGINT arrived during it.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
-
-
-def defer_sigint_in_saves(runner) -> None:
-    """Run ``runner``'s checkpoint-saving hooks (:data:`SAVE_POINTS`) under :func:`deferred_sigint`."""
-    call_hook = runner.call_hook
-
-    def guarded(fn_name: str, **kwargs):
-        if fn_name not in SAVE_POINTS:
-            return call_hook(fn_name, **kwargs)
-        with deferred_sigint():
-            return call_hook(fn_name, **kwargs)
-
-    runner.call_hook = guarded
-
-

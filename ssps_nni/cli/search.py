@@ -3,7 +3,7 @@
     ssps search                       # ResNet-20 on the shipped real CIFAR-10 subset
     ssps search CONFIG [--budget bitops=W4A4] [--candidates 2,3,4,6,8]
         [--work-dir DIR] [--resume] [--seed N] [--load-from PTH] [--cfg-options KEY=VALUE ...]
-        [--method ssps|sensitivity|random] [--sensitivity-batches N]
+        [--lut FILE] [--method ssps|sensitivity|random] [--sensitivity-batches N]
         [--device cpu|cuda] [--amp none|bf16|fp16]
 
 Built on mmengine's ``Config`` and ``Runner`` like mmpretrain's ``tools/train.py``; the search
@@ -15,15 +15,18 @@ input exits with status 2 and one ``ssps search: error:`` line, no traceback and
 the policy table, its cost, the target and the reference costs (FP32, W8A8, all-minimum,
 all-maximum).
 
-Exit status: 0 done (``WORK_DIR/policy.json`` written), 2 bad input, 3 a diverged search,
-130 interrupted (Ctrl-C). Faults and resuming:
+Exit status: 0 done (``WORK_DIR/policy.json`` written), 2 bad input (also: the work dir cannot
+be written, or another run holds it, ``ssps_nni.cli.lock``), 3 a diverged search, 130 interrupted
+(Ctrl-C, SIGINT), 143 stopped by SIGTERM. Faults and resuming:
 
 - While it runs, the search keeps its snapshot in ``policy.partial.json`` (``"final": false``),
   which ``ssps train`` and ``ssps export`` refuse without ``--allow-partial``; ``policy.json``
   appears only when the search is done.
-- Ctrl-C stops with one line (the step reached) and exit status 130; the work dir resumes
-  with ``--resume``. A Ctrl-C during a checkpoint save takes effect when the save is complete
-  (:func:`ssps_nni.cli.resume.deferred_sigint`), so the checkpoint and ``last_checkpoint`` are whole.
+- Ctrl-C (SIGINT) or SIGTERM (a scheduler's pre-emption): the current step finishes, a checkpoint
+  of that iteration is saved, the partial policy written, one line says the step reached and how
+  to resume, and the exit status is 130 / 143 (:class:`ssps_nni.cli.stop.GracefulStop`; a second
+  signal stops at once, after a checkpoint save in progress, so the checkpoint and
+  ``last_checkpoint`` are whole). ``--resume`` continues at the next iteration, mid-epoch too.
 - ``--resume`` continues from the checkpoint that the work dir's ``last_checkpoint`` names.
   A truncated or unreadable one (a kill during its save) is detected first: the newest readable
   ``epoch_N.pth`` / ``iter_N.pth`` before it is taken instead, with a warning, or the run is
@@ -51,10 +54,13 @@ from pathlib import Path
 
 from ..errors import SSPSError
 from .methods import run_random, run_sensitivity
-from .resume import check_resume, defer_sigint_in_saves
+from .lock import work_dir_lock
+from .resume import check_resume
+from .stop import GracefulStop
 from .common import (DEFAULT_CONFIG_NAME, InputError, add_budget, add_candidates, add_cfg_options, add_config,
-                     add_device_amp, apply_amp, select_device, add_load_from, add_seed, add_ssps_imports, add_work_dir, check_data_paths, check_load_from,
-                     config_path, default_work_dir, fail, CANDIDATE_FORM)
+                     add_device_amp, apply_amp, select_device, add_load_from, add_seed, add_ssps_imports,
+                     add_work_dir, check_data_paths, check_load_from, check_output_dir, config_path,
+                     default_work_dir, fail, work_dir_room, CANDIDATE_FORM)
 
 PROG = 'ssps search'
 METHODS = ('ssps', 'sensitivity', 'random')
@@ -82,6 +88,9 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
     add_load_from(parser, 'full-precision or SSPS')
     add_cfg_options(parser)
     add_device_amp(parser)  # --device, --amp (common.py)
+    parser.add_argument('--lut', metavar='FILE',
+                        help='JSON look-up table of a lut budget (--budget lut=VALUE); sets the SSPSHook\'s '
+                             'cost_options.lut.path')
     parser.add_argument('--method', choices=METHODS, default='ssps',
                         help='ssps: the SSPS search (default); sensitivity: per-layer sensitivity on '
                              'training batches, no training; random: a random policy within the budget')
@@ -152,6 +161,10 @@ def apply_args(cfg, args) -> None:
         hook['budget'] = args.budget
     if args.candidates is not None:
         hook['candidates'] = split_candidates(args.candidates)
+    if args.lut is not None and isinstance(hook.get('cost_options', None) or {}, dict):
+        # (cost_options of another type is left for the typed config to refuse, with the form)
+        options = dict(hook.get('cost_options', None) or {})
+        hook['cost_options'] = dict(options, lut=dict(options.get('lut', None) or {}, path=args.lut))
     if args.seed is not None:
         cfg.randomness = dict(cfg.get('randomness', None) or {}, seed=args.seed)
         hook['seed'] = args.seed
@@ -247,11 +260,13 @@ def build_hook(cfg, config=None):
 
 
 def check_inputs(cfg) -> None:
-    """The data paths and ``load_from`` exist (no training stack imported).
+    """The work dir can be written, the data paths and ``load_from`` exist (no training stack imported).
 
     Raises:
-        InputError: the first missing path, or a ``load_from`` that is no checkpoint.
+        InputError: a work dir that cannot be written (not a folder, no permission, no space),
+            the first missing path, or a ``load_from`` that is no checkpoint.
     """
+    check_output_dir(cfg.work_dir, 'work dir', work_dir_room(cfg.get('load_from', None)))
     check_data_paths(cfg)
     check_load_from(cfg.get('load_from', None),
                     'Give the path of a full-precision checkpoint of this model (--load-from PTH), or '
@@ -343,25 +358,32 @@ def print_result(work_dir: str) -> bool:
     return True
 
 
-def interrupted_message(cfg, args) -> str:
-    """The one line of an interrupted search: the step reached and how to resume."""
+def interrupted_message(cfg, args, err=None) -> str:
+    """The one line of an interrupted search: the step reached and how to resume.
+
+    Args:
+        err: the ``KeyboardInterrupt`` (a :class:`ssps_nni.cli.stop.Interrupted` names its signal).
+    """
     runner = getattr(args, 'runner', None)
+    signum = getattr(err, 'signum', None)
+    what = 'interrupted' if signum in (None, 2) else f'stopped by {getattr(err, "args", ("a signal",))[0]}'
     if args.method != 'ssps':
-        return f'interrupted; --method {args.method} trains nothing and has nothing to resume: run it again'
+        return f'{what}; --method {args.method} trains nothing and has nothing to resume: run it again'
     if runner is None:
-        return 'interrupted before the search started; nothing to resume (run the command again)'
+        return f'{what} before the search started; nothing to resume (run the command again)'
     step = None
     for hook in getattr(runner, 'hooks', []):
         search = getattr(hook, 'search', None)
         if type(hook).__name__ == 'SSPSHook' and search is not None:
             step = f'step {search.step} of {search.config.total_steps}'
-    where = f'{step or "the start"} (epoch {runner.epoch + 1}, iteration {runner.iter})'
+    iteration = getattr(err, 'iteration', None)
+    where = f'{step or "the start"} (epoch {runner.epoch + 1}, iteration {runner.iter if iteration is None else iteration})'
     pointer = Path(cfg.work_dir) / 'last_checkpoint'
     last = pointer.read_text().strip() if pointer.is_file() else ''
     if not last:
-        return (f'interrupted at {where}, before the first checkpoint: nothing to resume; '
+        return (f'{what} at {where}, before the first checkpoint: nothing to resume; '
                 f'run the command again without --resume ({cfg.work_dir} holds no policy.json)')
-    return (f'interrupted at {where}; resume with --resume (the same command and --work-dir {cfg.work_dir}, '
+    return (f'{what} at {where}; resume with --resume (the same command and --work-dir {cfg.work_dir}, '
             f'from {last}); no policy.json was written, {partial_status(cfg.work_dir)}')
 
 
@@ -370,14 +392,16 @@ def interrupted_message(cfg, args) -> str:
 def run_ssps(cfg, args) -> None:
     """The SSPS search: the config's training run; its ``SSPSHook`` writes the policy.
 
-    The runner is kept as ``args.runner`` (for :func:`interrupted_message`); a Ctrl-C during a
-    checkpoint save takes effect after it (:func:`defer_sigint_in_saves`).
+    The runner is kept as ``args.runner`` (for :func:`interrupted_message`); SIGINT and SIGTERM
+    stop it at the end of a step with a checkpoint of that iteration (``args.stop``,
+    :class:`ssps_nni.cli.stop.GracefulStop`).
     """
     from mmengine.runner import Runner
 
     runner = Runner.from_cfg(cfg)
     args.runner = runner
-    defer_sigint_in_saves(runner)
+    if getattr(args, 'stop', None) is not None:
+        args.stop.attach(runner)
     runner.train()
 
 
@@ -385,15 +409,24 @@ RUNS = {'ssps': run_ssps, 'sensitivity': run_sensitivity, 'random': run_random}
 
 #: What a LUT file holds (ssps_nni.cost.LutCost), added to the core's LUT messages.
 LUT_FORM = ("a JSON object {'unit': 'ms', 'layers': {LAYER: {'w4a4': COST, ...}}, 'signatures': "
-            "{SIGNATURE: {'w4a4': COST, ...}}}, its path given by the hook's cost_options={'lut': {'path': FILE}} "
-            "(--cfg-options custom_hooks.0.cost_options.lut.path=FILE)")
+            "{SIGNATURE: {'w4a4': COST, ...}}}, its path given by --lut FILE (the hook's "
+            "cost_options={'lut': {'path': FILE}}, or --cfg-options custom_hooks.0.cost_options.lut.path=FILE)")
+#: How the command line sets a nested hook option (``--cfg-options`` reads a ``{...}`` value as text).
+NESTED_FORM = ("on the command line give --lut FILE, or one key per option: --cfg-options "
+               "custom_hooks.0.cost_options.lut.path=FILE (--cfg-options reads a {...} value as text)")
 
 
 def explained(err: BaseException) -> BaseException:
-    """``err``, with the accepted LUT form added to a LUT message that does not give it."""
+    """``err``, with how to give a LUT added to a LUT or ``cost_options`` message that does not say it."""
     text = str(err)
     # bad input only: a diverged search (exit 3) keeps its own type and status
-    if getattr(err, 'exit_status', 2) == 2 and 'LUT' in text and 'cost_options' not in text:
+    if getattr(err, 'exit_status', 2) != 2:
+        return err
+    if 'cost_options' in text and 'must be a mapping' in text:
+        return InputError(f'{text}; {NESTED_FORM}')
+    if "'lut' cost needs a JSON table" in text or "cost_options for ['lut'] but no budget" in text:
+        return InputError(f'{text}; --lut FILE gives the table of a lut budget (--budget lut=VALUE)')
+    if 'LUT' in text and 'cost_options' not in text:
         return InputError(f'{text}; a LUT is {LUT_FORM}')
     return err
 
@@ -418,14 +451,15 @@ def main(argv=None, prog: str = PROG) -> int:
         check_resume(cfg, args, warn=lambda text: print(f'{prog}: warning: {text}', file=sys.stderr))
         check_budget_reachable(cfg, config)
         build_hook(cfg, config)
-        RUNS[args.method](cfg, args)
+        with work_dir_lock(cfg.work_dir, prog), GracefulStop(prog) as args.stop:  # ssps_nni.cli.lock, .stop
+            RUNS[args.method](cfg, args)
     except (InputError, SSPSError) as err:
         return fail(prog, explained(err))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # also stop.Interrupted: SIGINT or SIGTERM
         if cfg is None:
             print(f'{prog}: interrupted before the search started; nothing was written', file=sys.stderr)
         else:
-            print(f'{prog}: {interrupted_message(cfg, args)}', file=sys.stderr)
-        return 130
+            print(f'{prog}: {interrupted_message(cfg, args, err)}', file=sys.stderr)
+        return int(getattr(err, 'exit_status', 130))
     print_result(cfg.work_dir)
     return 0

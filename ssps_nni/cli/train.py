@@ -27,9 +27,10 @@ from pathlib import Path
 
 from ..errors import SSPSError
 from .common import (DEFAULT_CONFIG_NAME, InputError, add_cfg_options, add_config, add_device_amp, apply_amp,
-                     select_device, add_load_from, add_seed,
-                     add_ssps_imports, add_work_dir, check_data_paths, check_load_from, config_path,
-                     default_work_dir, fail, read_policy)
+                     select_device, add_load_from, add_seed, add_ssps_imports, add_work_dir, check_data_paths,
+                     check_load_from, check_output_dir, config_path, default_work_dir, fail, read_policy,
+                     work_dir_room)
+from .lock import work_dir_lock
 from .search import SSPS_TYPES
 
 PROG = 'ssps train'
@@ -130,11 +131,13 @@ def check_policy(args, prog: str = PROG) -> None:
 
 
 def validate(cfg) -> None:
-    """Check ``load_from``, data paths, the quantization options and the policy against the model.
+    """Check the work dir, ``load_from``, data paths, the quantization options and the policy against the model.
 
     Raises:
-        InputError, SSPSError: one-line messages; the policy's names the first mismatching layer.
+        InputError, SSPSError: one-line messages; the policy's names the first mismatching layer;
+            a work dir that cannot be written (not a folder, no permission, no space).
     """
+    check_output_dir(cfg.work_dir, 'work dir', work_dir_room(cfg.get('load_from', None)))
     import ssps_nni.mmengine  # noqa: F401  (registries, torch safe globals)
     from ssps_nni.errors import PolicyError
     from ssps_nni.mmengine.qat import QuantPolicyHook, build_model_from_cfg
@@ -210,9 +213,10 @@ def main(argv=None, prog: str = PROG) -> int:
         validate(cfg)
         from mmengine.runner import Runner
 
-        runner = Runner.from_cfg(cfg)
-        runner.train()
-        metrics = evaluate(runner, cfg)
+        with work_dir_lock(cfg.work_dir, prog):  # one run per work dir (ssps_nni.cli.lock)
+            runner = Runner.from_cfg(cfg)
+            runner.train()
+            metrics = evaluate(runner, cfg)
     except (InputError, SSPSError) as err:
         return fail(prog, err)
     from mmengine.dist import is_main_process

@@ -60,6 +60,39 @@ def test_cli_float_checkpoint_needs_calibration(saved, tmp_path):
     assert (tmp_path / "a.onnx").is_file()
 
 
+def test_cli_calibrates_on_the_users_data(saved, tmp_path):
+    """--calib-data FOLDER: real images resized to --input-shape (3x up: a warning), the ONNX at
+    that shape; --calib-data FILE: a tensor of model inputs, the shape taken from it. Both print
+    the data used and the file's weight bytes next to the policy's."""
+    from torchvision.io import write_png
+
+    from export_helpers import to_tensor
+    from ssps_nni.data import load_cifar10_subset
+
+    _, _, _, policy_path, _ = saved
+    ckpt = tmp_path / "float.pth"
+    torch.save(resnet20().state_dict(), ckpt)
+    items = load_cifar10_subset("train")[::250][:20]
+    (tmp_path / "images" / "cls").mkdir(parents=True)
+    for k, item in enumerate(items):
+        write_png(torch.from_numpy(item["img"]).permute(2, 0, 1).contiguous(), str(tmp_path / "images" / "cls" / f"{k}.png"))
+    out = tmp_path / "r20_96.onnx"
+    res = run_cli("--policy", str(policy_path), "--checkpoint", str(ckpt), "--output", str(out),
+                  "--calib-data", str(tmp_path / "images"), "--input-shape", "1,3,96,96", "--calibrate", "16")
+    assert res.returncode == 0, res.stderr
+    assert "ssps export: warning: calibration images as small as 32x32 are resized up to 96x96 (3.0x)" in res.stderr
+    assert "on 16 images of" in res.stdout and "resized to 96x96" in res.stdout
+    assert "weights in the file" in res.stdout and "the policy's weights at their bit-widths" in res.stdout
+    dims = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [3, 96, 96]
+    x, _ = to_tensor(items[:8])
+    torch.save(x, tmp_path / "inputs.pt")
+    res = run_cli("--policy", str(policy_path), "--checkpoint", str(ckpt), "--output", str(tmp_path / "t.onnx"),
+                  "--calib-data", str(tmp_path / "inputs.pt"))
+    assert res.returncode == 0, res.stderr
+    assert f"on 8 inputs of {tmp_path / 'inputs.pt'}" in res.stdout and "warning" not in res.stderr
+
+
 # Bad input of ssps export: the table of tests/mmengine/test_bad_input.py.
 
 

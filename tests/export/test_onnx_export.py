@@ -100,7 +100,17 @@ def _initializer(graph, name):
     raise KeyError(name)
 
 
-def test_graph_has_one_qdq_pair_per_quantized_weight_and_input(exported):
+def _weight_sources(graph) -> dict:
+    """``{weight DequantizeLinear output: TensorProto of its integer input}`` (per-channel DQs)."""
+    inits = {init.name: init for init in graph.initializer}
+    return {dq.output[0]: inits[dq.input[0]] for dq in graph.node
+            if dq.op_type == "DequantizeLinear" and dq.input[0] in inits}
+
+
+def test_graph_stores_integer_weights_and_one_qdq_pair_per_quantized_input(exported):
+    """Each quantized weight: an int8 initializer of its codes -> DequantizeLinear (per channel,
+    axis 0); each quantized input: QuantizeLinear -> [Clip] -> DequantizeLinear (per tensor). The
+    only float initializers of 2 or more dimensions are the weights of the float (32-bit) layers."""
     model, policy, path = exported
     proto = onnx.load(str(path))
     graph = proto.graph
@@ -109,35 +119,40 @@ def test_graph_has_one_qdq_pair_per_quantized_weight_and_input(exported):
     n_a = sum(a < 32 for _, a in bits.values())
     qs = [n for n in graph.node if n.op_type == "QuantizeLinear"]
     dqs = [n for n in graph.node if n.op_type == "DequantizeLinear"]
-    assert len(qs) == len(dqs) == n_w + n_a
+    assert len(qs) == n_a and len(dqs) == n_w + n_a
     producers = {o: n for n in graph.node for o in n.output}
+    weights = _weight_sources(graph)
     per_channel, per_tensor = 0, 0
     for dq in dqs:
+        scale = _initializer(graph, dq.input[1])
+        zero = _initializer(graph, dq.input[2])
+        assert not zero.any() and zero.dtype in (np.int8, np.uint8)
+        if scale.ndim == 1:  # weights: int8 codes stored, per output channel, axis 0
+            per_channel += 1
+            codes = weights[dq.output[0]]
+            assert codes.data_type == onnx.TensorProto.INT8 and len(codes.dims) >= 2
+            assert np.abs(onnx.numpy_helper.to_array(codes)).max() <= 127
+            assert zero.dtype == np.int8 and {a.name: a.i for a in dq.attribute}.get("axis", 1) == 0
+            continue
+        per_tensor += 1
         src = producers[dq.input[0]]
         if src.op_type == "Clip":  # Q -> Clip -> DQ; the Clip bounds are the b-bit range
             lo, hi = int(_initializer(graph, src.input[1])), int(_initializer(graph, src.input[2]))
             assert (lo, hi) != (-128, 127) and (lo, hi) != (0, 255)
             src = producers[src.input[0]]
         assert src.op_type == "QuantizeLinear"
-        scale = _initializer(graph, dq.input[1])
-        zero = _initializer(graph, dq.input[2])
-        assert not zero.any() and zero.dtype in (np.int8, np.uint8)
-        if scale.ndim == 1:  # weights: per output channel, axis 0, int8
-            per_channel += 1
-            assert zero.dtype == np.int8
-            assert {a.name: a.i for a in dq.attribute}.get("axis", 1) == 0
-        else:
-            per_tensor += 1
     assert (per_channel, per_tensor) == (n_w, n_a)
+    float_weights = [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) >= 2]
+    assert len(float_weights) == sum(w == 32 for w, _ in bits.values())
     assert read_onnx_bits(proto) == bits
     meta = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta[META_BITS]) == {k: list(v) for k, v in bits.items()}
     assert set(json.loads(meta[META_SIGNED])) == set(bits)
 
 
-def test_clip_ranges_per_bit_width(tmp_path):
-    """4-bit weights clip to (-7, 7) on int8; 3-bit unsigned input to (0, 7) on uint8; 8-bit
-    weights to (-127, 127); an 8-bit unsigned input needs no Clip."""
+def test_clip_ranges_and_code_ranges_per_bit_width(tmp_path):
+    """4-bit weight codes lie in (-7, 7), 8-bit ones in (-127, 127), stored as int8 (no Clip);
+    a 3-bit unsigned input clips to (0, 7) on uint8; an 8-bit input needs no Clip."""
     net = TinyNet()
     fixed_model(net, {"conv": (4, 3), "fc": (8, 8)})
     net.eval()
@@ -148,7 +163,65 @@ def test_clip_ranges_per_bit_width(tmp_path):
         (int(_initializer(proto.graph, n.input[1])), int(_initializer(proto.graph, n.input[2])))
         for n in proto.graph.node if n.op_type == "Clip"
     )
-    assert clips == sorted([(-7, 7), (0, 7), (-127, 127)])
+    assert clips == [(0, 7)]
+    codes = {tuple(t.dims): t for t in _weight_sources(proto.graph).values()}
+    assert set(codes) == {(4, 3, 3, 3), (5, 4)}  # conv (4-bit) and fc (8-bit) weights
+    assert all(t.data_type == onnx.TensorProto.INT8 for t in codes.values())
+    assert np.abs(onnx.numpy_helper.to_array(codes[4, 3, 3, 3])).max() <= 7
+    assert np.abs(onnx.numpy_helper.to_array(codes[5, 4])).max() <= 127
+
+
+def test_int4_weights_from_opset_21(exported, tmp_path):
+    """With opset 21 the weights of <= 4 bits are INT4 initializers (INT4 zero points), the rest
+    int8; onnxruntime gives the opset-17 file's outputs exactly, and the file is smaller."""
+    model, policy, path = exported
+    path21 = export_onnx(model, torch.zeros(1, 3, 32, 32), tmp_path / "r20_21.onnx", opset=21)
+    proto = onnx.load(str(path21))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 21
+    types = sorted(t.data_type for t in _weight_sources(proto.graph).values())
+    bits = policy.bits()
+    assert types.count(onnx.TensorProto.INT4) == sum(w <= 4 for w, _ in bits.values())
+    assert types.count(onnx.TensorProto.INT8) == sum(4 < w < 32 for w, _ in bits.values())
+    weights = _weight_sources(proto.graph)
+    zeros = {i.name: i for i in proto.graph.initializer}
+    for dq in proto.graph.node:
+        if dq.op_type == "DequantizeLinear" and weights.get(dq.output[0], None) is not None:
+            if weights[dq.output[0]].data_type == onnx.TensorProto.INT4:  # its zero point: INT4 too
+                assert zeros[dq.input[2]].data_type == onnx.TensorProto.INT4
+    assert read_onnx_bits(proto) == bits
+    x, _ = to_tensor(load_cifar10_subset("test")[::10][:100])
+    outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+            for p in (path, path21)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert path21.stat().st_size < path.stat().st_size
+
+
+def test_resnet20_w3a3_file_holds_integer_weights_a_third_of_the_float_size(tmp_path):
+    """ResNet-20 at W3A3 (first conv and classifier pinned W8A8): no float initializer of a
+    quantized layer's weight (every Conv/Gemm weight is DequantizeLinear of an int8 initializer),
+    the file at most a third of the float model's export, and onnxruntime agrees with PyTorch."""
+    model, policy = calibrated_model(n_calib=128, cycle=[(3, 3)])
+    path = export_onnx(model, torch.zeros(1, 3, 32, 32), tmp_path / "w3a3.onnx")
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    weights = _weight_sources(graph)
+    weight_ops = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    assert len(weight_ops) == len(policy.bits()) == 20  # 19 convolutions (option-A shortcuts) and fc
+    for node in weight_ops:
+        name = node.input[1]
+        while producers.get(name) is not None and producers[name].op_type == "Transpose":
+            name = producers[name].input[0]
+        assert producers[name].op_type == "DequantizeLinear", node.name
+        assert weights[name].data_type == onnx.TensorProto.INT8
+    assert not [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) >= 2]
+    float_path = tmp_path / "float.onnx"
+    torch.onnx.export(resnet20().eval(), (torch.zeros(1, 3, 32, 32),), str(float_path), dynamo=False)
+    print(f"W3A3 ONNX {path.stat().st_size} bytes, float ONNX {float_path.stat().st_size} bytes")
+    assert path.stat().st_size <= float_path.stat().st_size / 3
+    stats = compare(model, path, 200)
+    print("ONNX vs PyTorch, W3A3, 200 CIFAR-10 test images:", stats)
+    check_agreement(stats)
 
 
 def test_export_mode_forward_equals_fake_quantized_forward_and_restores():

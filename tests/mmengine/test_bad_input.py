@@ -1,4 +1,4 @@
-"""The command line's bad input, one table: ``ssps search``, ``ssps train`` and ``ssps export``.
+"""The command line's bad input, one table: ``ssps search``, ``ssps train``, ``ssps export`` and ``ssps report``.
 
 Every case calls the command's ``main(argv)`` in-process (each stops before training) and asserts
 exit status 2, one ``ssps CMD: error:`` line on stderr that names the problem and what is
@@ -86,6 +86,34 @@ class Inputs:
     def text(self, name: str, text: str) -> str:
         return _write(self.tmp / name, text)
 
+    def hold_lock(self, command: str = 'ssps search') -> list:
+        """The work dir held by another run (a lock of this process, kept until the test ends)."""
+        from ssps_nni.cli.lock import WorkDirLock
+
+        self.lock = WorkDirLock(self.work, command).acquire()
+        return []
+
+    def whole_checkpoint(self) -> str:
+        """A whole checkpoint in the work dir that ``last_checkpoint`` names (a resumable search)."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        path = _save(self.work / 'epoch_1.pth', {'state_dict': {'w': torch.zeros(4)}, 'meta': {}})
+        self.last_checkpoint(path)
+        return path
+
+    def tensor(self, name: str, shape) -> str:
+        return _save(self.tmp / name, torch.randn(*shape))
+
+    def folder(self, name: str = 'empty') -> str:
+        (self.tmp / name).mkdir(exist_ok=True)
+        return str(self.tmp / name)
+
+    def mm_checkpoint(self) -> str:
+        """A float checkpoint of the tiny config's model (mmengine names)."""
+        from mmengine.config import Config
+
+        return _save(self.tmp / 'mm_float.pth',
+                     {'state_dict': build_model_from_cfg(Config.fromfile(self.config)).state_dict()})
+
     def export(self, *args, policy=None, checkpoint=None) -> list:
         """``ssps export`` arguments; outputs in the work dir, which must stay absent."""
         return ['--policy', policy or self.plain_policy(), '--checkpoint', checkpoint or self.float_checkpoint(),
@@ -111,6 +139,17 @@ def _w_bits_1(data):
 
 def _lut_path(path):
     return ['--budget', 'lut=3.5', '--cfg-options', f'custom_hooks.0.cost_options.lut.path={path}']
+
+
+def _in_use(i, *args):
+    i.hold_lock()
+    return list(args)
+
+
+def _resume_in_use(i):
+    i.whole_checkpoint()
+    i.hold_lock()
+    return ['--resume']
 
 
 #: id -> (command, argv builder(Inputs) without CONFIG/--work-dir, the problem, what is accepted)
@@ -154,6 +193,31 @@ CASES = {
                              'cannot read LUT file', 'a LUT is a JSON object'),
     'search: LUT a list': ('search', lambda i: _lut_path(i.text('lut.json', '[1, 2]')),
                            'a LUT must be a JSON object', "'layers' and/or 'signatures' tables"),
+    # -- ssps search: nested options and --lut
+    'search: cost_options a string': ('search', lambda i: ['--budget', 'lut=3.5', '--cfg-options',
+                                                           "custom_hooks.0.cost_options={'lut': {'path': 'l.json'}}"],
+                                      'cost_options must be a mapping {cost: {option: value}}',
+                                      'give --lut FILE, or one key per option'),
+    'search: cost_options.lut a string': ('search', lambda i: ['--budget', 'lut=3.5', '--cfg-options',
+                                                               'custom_hooks.0.cost_options.lut=l.json'],
+                                          "cost_options['lut'] must be a mapping {option: value}",
+                                          'custom_hooks.0.cost_options.lut.path=FILE'),
+    'search: --lut missing': ('search', lambda i: ['--budget', 'lut=3.5', '--lut', str(i.tmp / 'no_lut.json')],
+                              'cannot read LUT file', 'its path given by --lut FILE'),
+    'search: --lut without a lut budget': ('search', lambda i: ['--lut', i.text('lut.json', '{"layers": {}}')],
+                                           "cost_options for ['lut'] but no budget",
+                                           'gives the table of a lut budget (--budget lut=VALUE)'),
+    # -- ssps search / train: the work dir (checked before anything runs; one run at a time)
+    'search: work dir under a file': ('search', lambda i: ['--work-dir', i.text('some_file', 'x') + '/wd'],
+                                      'some_file is not a folder but a file', 'give a folder you can write to'),
+    'search: work dir in use': ('search', lambda i: _in_use(i), 'is in use by another run: ssps search (pid',
+                                'give another --work-dir'),
+    'search: resume a work dir in use': ('search', _resume_in_use, 'is in use by another run: ssps search (pid',
+                                         'wait for it to end'),
+    'train: work dir is a file': ('train', lambda i: ['--uniform', 'W4A4', '--work-dir', i.text('file', 'x')],
+                                  'file is not a folder but a file', 'give a folder you can write to'),
+    'train: work dir in use': ('train', lambda i: _in_use(i, '--uniform', 'W4A4'),
+                               'is in use by another run: ssps search (pid', 'give another --work-dir'),
     # -- ssps search: checkpoints
     'search: load-from missing': ('search', lambda i: ['--load-from', str(i.tmp / 'no.pth')], 'is not a local file',
                                   '--load-from PTH'),
@@ -238,7 +302,39 @@ CASES = {
     'export: unknown model': ('export', lambda i: i.export('--model', 'no_such_net'), "unknown model 'no_such_net'",
                               'a torchvision.models name'),
     'export: input shape': ('export', lambda i: i.export('--input-shape', '1x3x32x32'),
-                            '--input-shape must be comma-separated integers', 'N,C,H,W'),
+                            '--input-shape must be 4 comma-separated positive integers', 'N,C,H,W'),
+    'export: input shape of 3 numbers': ('export', lambda i: i.export('--input-shape', '3,32,32'),
+                                         '--input-shape must be 4 comma-separated positive integers', "'3,32,32'"),
+    'export: output is a folder': ('export', lambda i: [*i.export()[:4], '--output', str(i.tmp)],
+                                   'cannot be written: it is a folder', 'give a file name'),
+    'export: output under a file': ('export', lambda i: [*i.export()[:4], '--output',
+                                                         i.text('f.txt', 'x') + '/m.onnx'],
+                                    'f.txt is not a folder but a file', 'give a file name in a folder you can write'),
+    # -- ssps export: calibration data against the model's input
+    'export: CIFAR subset for a 64x64 input': ('export', lambda i: i.export('--calibrate', '8', '--input-shape',
+                                                                           '1,3,64,64'),
+                                               'calibrates on the shipped CIFAR-10 subset (3x32x32 images), which '
+                                               'does not fit the model input 3x64x64', '--calib-data FOLDER'),
+    'export: calibration tensor of another shape': ('export', lambda i: i.export(
+        '--calib-data', i.tensor('x16.pt', (8, 3, 16, 16)), '--input-shape', '1,3,32,32'),
+        'holds inputs of 3x16x16 but the model input (--input-shape) is 3x32x32', "give inputs of the model's shape"),
+    'export: calibration tensor not 4-d': ('export', lambda i: i.export('--calib-data', i.tensor('x2.pt', (8, 3))),
+                                           'holds a 2-d torch.float32 tensor', 'a float tensor (N, C, H, W)'),
+    'export: calibration data missing': ('export', lambda i: i.export('--calib-data', str(i.tmp / 'none')),
+                                         'none does not exist', 'accepted: --calib-data FOLDER'),
+    'export: calibration folder empty': ('export', lambda i: i.export('--calib-data', i.folder()), 'holds no image',
+                                         '.jpg, .jpeg, .png'),
+    'export: input channels': ('export', lambda i: i.export('--input-shape', '1,1,32,32', '--calibrate', '8'),
+                               "has 1 channel(s) but the model's first convolution takes 3", 'N,3,H,W'),
+    'export: mean without a folder': ('export', lambda i: i.export('--calibrate', '8', '--mean', '120'),
+                                      '--mean/--std normalise the images of --calib-data FOLDER', 'leave them out'),
+    'export: config data of another shape': ('export', lambda i: i.export(
+        '--config', i.config, '--calibrate', '8', '--input-shape', '1,3,64,64', policy=i.mm_policy(),
+        checkpoint=i.mm_checkpoint()), 'gives inputs of 3x32x32 but --input-shape is 3x64x64',
+        'leave out --input-shape'),
+    # -- ssps report
+    'report: out under a file': ('report', lambda i: [i.plain_policy(), '--out', i.text('r.txt', 'x') + '/report'],
+                                 'r.txt is not a folder but a file', 'give a folder you can write to'),
     'export: config missing': ('export', lambda i: i.export('--config', str(i.tmp / 'none.py')), 'config not found',
                                'or --model NAME for a plain model'),
     'export: float needs calibration': ('export', lambda i: i.export(), 'the checkpoint has no step sizes',
@@ -259,9 +355,9 @@ def _files(folder: Path) -> dict:
 
 @pytest.fixture(scope='module')
 def tools():
-    from ssps_nni.cli import export, search, train
+    from ssps_nni.cli import export, report, search, train
 
-    return {'search': search, 'train': train, 'export': export}
+    return {'search': search, 'train': train, 'export': export, 'report': report}
 
 
 @pytest.mark.parametrize('case', list(CASES))
@@ -269,9 +365,9 @@ def test_bad_input_exits_2_with_one_line(case, tools, tiny_config, tmp_path, cap
     command, build, problem, accepted = CASES[case]
     inputs = Inputs(tmp_path, tiny_config)
     args = build(inputs)
-    if command != 'export':
+    if command in ('search', 'train'):
         config = [] if args and args[0].endswith('.py') else [inputs.config]
-        args = [*config, *args, '--work-dir', str(inputs.work)]
+        args = [*config, *args] + ([] if '--work-dir' in args else ['--work-dir', str(inputs.work)])
     before = _files(inputs.work)
     capsys.readouterr()
     try:

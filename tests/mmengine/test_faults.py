@@ -87,13 +87,17 @@ def assert_nothing_final(work_dir: Path, train_tool, tiny_config, tmp_path, caps
     assert 'Traceback' not in err and not train_dir.exists()
 
 
-def assert_resumes_to(full_run: Path, tiny_config, work_dir: Path, expect_warning: str | None = None) -> None:
+#: The warning of a run that takes over the work-dir lock of a killed one (ssps_nni.cli.lock).
+LOCK_TAKEN_OVER = 'which is no longer running (killed?); this run takes it over'
+
+
+def assert_resumes_to(full_run: Path, tiny_config, work_dir: Path, *expect_warnings: str) -> None:
     """``--resume`` finishes the search with the uninterrupted run's policy."""
     result = run_search_tool(tiny_config, '--work-dir', work_dir, '--resume', *EPOCHS)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert 'Traceback' not in result.stderr
-    if expect_warning:
-        assert expect_warning in result.stderr, result.stderr[-3000:]
+    for warning in expect_warnings:
+        assert warning in result.stderr, result.stderr[-3000:]
     straight, resumed = load_policy(full_run / POLICY_JSON), load_policy(work_dir / POLICY_JSON)
     assert resumed.final and resumed.layers == straight.layers
     assert resumed.meta['totals'] == straight.meta['totals']
@@ -114,26 +118,62 @@ def test_kill_during_a_checkpoint_save_then_resume(full_run, tiny_config, train_
     assert_nothing_final(work_dir, train_tool, tiny_config, tmp_path, capsys)
     (work_dir / 'epoch_2.pth.writing').unlink()
     (work_dir / 'last_checkpoint').write_text(str(truncated))
-    assert_resumes_to(full_run, tiny_config, work_dir,
-                      expect_warning=f'resuming from the previous one, {work_dir / "epoch_1.pth"}')
+    assert_resumes_to(full_run, tiny_config, work_dir, f'resuming from the previous one, {work_dir / "epoch_1.pth"}',
+                      LOCK_TAKEN_OVER)
 
 
 def test_ctrl_c_during_a_checkpoint_save_exits_130_and_resumes(full_run, tiny_config, tmp_path):
     """Ctrl-C (SIGINT to the process group) halfway through writing epoch_1.pth: the save
-    completes, one line says where the search stopped, exit status 130, and --resume finishes it."""
+    completes, the search stops there (the end of the step: no other checkpoint needed), one
+    line says where it stopped, exit status 130, and --resume finishes it."""
     work_dir = tmp_path / 'work'
     proc = start_search(tiny_config, work_dir, pause='epoch_1.pth:3')
     wait_for(proc, lambda: (work_dir / 'epoch_1.pth.writing').exists(), 'the epoch-1 checkpoint save')
     assert kill(proc, signal.SIGINT) == 130
     err = (tmp_path / 'work.err').read_text()
     assert 'Traceback' not in err and 'Failed to format' not in err, err[-3000:]
-    ours = [line for line in err.splitlines() if line.startswith('ssps search:')]
+    assert 'ssps search: SIGINT received: finishing the current step' in err
+    ours = [line for line in err.splitlines() if line.startswith('ssps search:') and 'received' not in line]
     assert len(ours) == 1 and ours[0].startswith('ssps search: interrupted at step 8 of 16'), err[-3000:]
     assert 'resume with --resume' in ours[0] and err.rstrip().endswith(ours[0])
     assert (work_dir / 'last_checkpoint').read_text().strip() == str(work_dir / 'epoch_1.pth')
     assert not (work_dir / POLICY_JSON).exists()
     (work_dir / 'epoch_1.pth.writing').unlink()
     assert_resumes_to(full_run, tiny_config, work_dir)
+
+
+def test_sigterm_mid_epoch_saves_the_iteration_and_resumes_there(full_run, tiny_config, tmp_path):
+    """SIGTERM (a scheduler's pre-emption, to the whole process group as Slurm sends it) in the
+    middle of epoch 2: the step finishes, iter_N.pth of that iteration is saved and named by
+    last_checkpoint, policy.partial.json is of step N, one line says how to resume, exit 143;
+    --resume continues at iteration N + 1 (the epoch's first N - 8 batches loaded and skipped)
+    and ends with the uninterrupted run's policy."""
+    work_dir = tmp_path / 'work'
+    proc = start_search(tiny_config, work_dir)
+    wait_for(proc, lambda: (work_dir / 'epoch_1.pth').exists() and '[2][4/8]' in (tmp_path / 'work.out').read_text(),
+             'the middle of epoch 2')
+    assert kill(proc, signal.SIGTERM) == 143
+    err = (tmp_path / 'work.err').read_text()
+    assert 'Traceback' not in err, err[-3000:]
+    assert 'ssps search: SIGTERM received: finishing the current step' in err
+    last = [line for line in err.splitlines() if line.startswith('ssps search: stopped by SIGTERM')]
+    assert len(last) == 1 and err.rstrip().endswith(last[0]), err[-3000:]
+    step = int(last[0].split('at step ')[1].split()[0])
+    assert 12 <= step < 16, last[0]  # mid-epoch 2 (iterations 9..16), one step per iteration
+    checkpoint = work_dir / f'iter_{step}.pth'
+    assert f'(epoch 2, iteration {step})' in last[0] and f'from {checkpoint}' in last[0]
+    assert (work_dir / 'last_checkpoint').read_text().strip() == str(checkpoint)
+    meta = torch.load(checkpoint, map_location='cpu', weights_only=False)['meta']
+    assert (meta['epoch'], meta['iter']) == (1, step)  # epoch 2 begun (0-based 1), `step` iterations done
+    assert partial_step(work_dir) == step and not (work_dir / POLICY_JSON).exists()
+    assert not (work_dir / '.ssps.lock').exists()  # released on the way out
+    result = run_search_tool(tiny_config, '--work-dir', work_dir, '--resume', *EPOCHS)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert f'Resumed in epoch 2 after iteration {step}: its first {step - 8} batches' in log, log[-3000:]
+    straight, resumed = load_policy(full_run / POLICY_JSON), load_policy(work_dir / POLICY_JSON)
+    assert resumed.final and resumed.layers == straight.layers
+    assert resumed.meta['totals'] == straight.meta['totals']
 
 
 KILL_POINTS = {
@@ -156,7 +196,7 @@ def test_kill_at_several_points_then_resume(full_run, tiny_config, train_tool, t
     assert kill(proc) == -signal.SIGKILL
     assert_nothing_final(work_dir, train_tool, tiny_config, tmp_path, capsys)
     (work_dir / 'epoch_2.pth.writing').unlink(missing_ok=True)
-    assert_resumes_to(full_run, tiny_config, work_dir)
+    assert_resumes_to(full_run, tiny_config, work_dir, LOCK_TAKEN_OVER)
 
 
 # -- what the tools do with a killed search's snapshot -----------------------------------------
