@@ -2,7 +2,7 @@
 ``CIFAR10Cached`` (decoded once, memory-mapped from the cache), in one process.
 
     python -m ssps_nni.cli.benchmark.data_path [--data-root ../shared/data/cifar10] [--steps 20]
-        [--loader-batches 100] [--workers 2] [--out work_dirs/data_path.json]
+        [--loader-batches 100] [--workers 0] [--out work_dirs/data_path.json]
 
 Per dataset type, on the config ``mmdet_configs/cifar10_resnet20_ssps_folder.py`` (its pipelines,
 batch size and model; FP32 training steps, SGD):
@@ -112,7 +112,8 @@ def main(argv=None) -> int:
     parser.add_argument('--data-root', default=str(shared / 'cifar10') if shared else None)
     parser.add_argument('--steps', type=int, default=20)
     parser.add_argument('--loader-batches', type=int, default=100)
-    parser.add_argument('--workers', type=int, default=2)
+    parser.add_argument('--workers', type=int, default=0,
+                        help='dataloader worker processes (default 0: the per-batch CPU cost in this process)')
     parser.add_argument('--out', default=str(REPO / 'work_dirs' / 'data_path.json'))
     args = parser.parse_args(argv)
     if not args.data_root or not (Path(args.data_root) / 'train').is_dir():

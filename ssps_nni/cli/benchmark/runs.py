@@ -189,9 +189,10 @@ def policy_run(folder: Path, config: str, options: list[str], seed: int, budget_
     check_rc(search_cli.main(argv), f'ssps search {" ".join(argv)}')
     wall = time.perf_counter() - start
     policy = load_policy(folder / 'policy.json')
-    totals = policy.meta['totals']['bitops']
-    return {'policy': str(folder / 'policy.json'), 'bitops': totals['policy'], 'target': totals['target'],
-            'cost_ratio': totals['policy'] / totals['target'], 'search_s': wall,
+    totals = policy.meta['totals']  # per budget's cost; the first budget's gives the cost ratio
+    first = totals.get(policy.meta.get('cost_model')) or next(iter(totals.values()))
+    return {'policy': str(folder / 'policy.json'), 'bitops': (totals.get('bitops') or {}).get('policy'),
+            'target': first['target'], 'cost_ratio': first['policy'] / first['target'], 'search_s': wall,
             'repaired': policy.meta.get('repaired')}
 
 

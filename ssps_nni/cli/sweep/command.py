@@ -15,10 +15,10 @@ METHODS = ('ssps', 'sensitivity', 'random')
 #: ``--standard``: the standard frontier (full CIFAR-10, the shipped FP32 ResNet-20).
 STANDARD = dict(config='mmdet_configs/cifar10_resnet20_ssps_folder.py', budgets='2.25b,2.5b,3b,3.5b,4b,size=2.5b',
                 methods='ssps,sensitivity,random', seeds=3, retrain_epochs=1, search_epochs=1,
-                work_dir='work_dirs/sweep_standard')
+                sensitivity_batches=128, work_dir='work_dirs/sweep_standard')
 #: Defaults without ``--standard`` (the shipped subset: a first look in minutes with --retrain-epochs 0).
-QUICK = dict(budgets='2.5b,3b,4b,size=2.5b', methods='ssps,sensitivity,random', seeds=2, retrain_epochs=1,
-             search_epochs=1)
+QUICK = dict(budgets='2.5b,3b,4b', methods='ssps,sensitivity,random', seeds=2, retrain_epochs=1,
+             search_epochs=1, sensitivity_batches=32)
 
 
 def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
@@ -49,8 +49,9 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
     parser.add_argument('--search-per-seed', action='store_true',
                         help='search ssps and random policies again at every seed (the policy of seed r found '
                              'with seed r); default: one policy per method and budget, found with seed 0')
-    parser.add_argument('--sensitivity-batches', type=int, default=128, metavar='N',
-                        help='training batches of the sensitivity scores, measured once (default 128)')
+    parser.add_argument('--sensitivity-batches', type=int, metavar='N',
+                        help='training batches of the sensitivity scores, measured once (default 32; '
+                             '128 with --standard)')
     parser.add_argument('--candidates', help='candidate bit-widths of the searches and the uniform points '
                                              "(default: the config's SSPSHook candidates)")
     add_load_from(parser, "FP32 start of every run (default: the config's load_from)")
@@ -64,6 +65,8 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
     parser.add_argument('--train-args', default='', metavar='"ARGS"', help='more options for every ssps train')
     parser.add_argument('--search-args', default='', metavar='"ARGS"', help='more options for every ssps search')
     parser.add_argument('--work-dir', help='output folder (default work_dirs/sweep_<config name>)')
+    parser.add_argument('--dry-run', action='store_true',
+                        help='check everything, print the planned runs (and which are finished), run nothing')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override config entries of every run, e.g. train_dataloader.batch_size=64')
     return parser.parse_args(argv)
@@ -181,7 +184,8 @@ def resolve(args) -> dict:
         'retrain': {'epochs': args.retrain_epochs if args.retrain_epochs is not None else preset['retrain_epochs'],
                     'lr': args.retrain_lr},
         'search': {'epochs': args.search_epochs or preset['search_epochs'], 'lr': args.search_lr},
-        'search_per_seed': bool(args.search_per_seed), 'sensitivity_batches': args.sensitivity_batches,
+        'search_per_seed': bool(args.search_per_seed),
+        'sensitivity_batches': args.sensitivity_batches or preset['sensitivity_batches'],
         'candidates': {'w': list(config_obj.candidates), 'a': list(config_obj.activation_candidates)},
         'budgets': budgets, 'uniform': B.uniform_pairs(budgets, costs), 'metric': args.metric,
         'cost_references': {c: sc.references() for c, sc in costs.items()}, 'test_samples': test_samples,
@@ -211,8 +215,11 @@ def main(argv=None, prog: str = PROG) -> int:
             s = resolve(args)
         except InputError as err:
             return fail(prog, err)
-        from .run import sweep
+        from .run import plan_summary, sweep
 
+        if args.dry_run:
+            print(plan_summary(s))
+            return 0
         s['command'] = f'{prog} ' + ' '.join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
         return sweep(s, prog, started)
     except InputError as err:

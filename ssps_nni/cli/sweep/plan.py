@@ -51,7 +51,7 @@ class Alias:
 class Job:
     """One node of the sweep: ``make(results of deps)`` gives its :class:`Run` or :class:`Alias`."""
     name: str
-    kind: str  # fp32, uniform, scores, policy, retrain
+    kind: str  # fp32, uniform, scores, policy:<method>, retrain
     deps: tuple[str, ...]
     make: Callable[[dict], object]
     info: dict = field(default_factory=dict)
@@ -113,14 +113,14 @@ def build(s: dict) -> list[Job]:
                 return Run(settings, 'solve', dict(config=s['run_config'], options=options(s, search), seed=pseed,
                                                    budget_arg=budget['arg'], load_from=s['load_from'],
                                                    scores_path=scores, extra=extra))
-            return Job(name, 'policy', ('sensitivity_scores',), make, info)
+            return Job(name, f'policy:{method}', ('sensitivity_scores',), make, info)
 
         def make(_):
             settings = dict(common(s, search), seed=pseed, budget=budget['arg'], method=method, extra=extra)
             return Run(settings, 'find', dict(config=s['run_config'], options=options(s, search), seed=pseed,
                                               budget_arg=budget['arg'], method=method, load_from=s['load_from'],
                                               extra=extra))
-        return Job(name, 'policy', (), make, info)
+        return Job(name, f'policy:{method}', (), make, info)
 
     for method in s['methods']:
         seeds = [0] if method == 'sensitivity' else policy_seeds

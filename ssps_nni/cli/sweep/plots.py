@@ -23,7 +23,7 @@ def frontier_png(f: dict, path: Path) -> Path:
     from matplotlib import ticker
 
     costs = list(dict.fromkeys(b['cost'] for b in f['budgets']))
-    fig, axes = plt.subplots(1, len(costs), figsize=(6.4 * len(costs), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(costs), figsize=(7.6 * len(costs), 4.6), squeeze=False)
     metric = f['metric'] or 'metric'
     for ax, cost in zip(axes[0], costs):
         scale, unit = AXES.get(cost, (1.0, cost))
@@ -69,7 +69,7 @@ def frontier_png(f: dict, path: Path) -> Path:
         ax.set_ylabel(metric)
         ax.set_title(f'{metric} vs {cost} ({len(f["seeds"])} paired seed(s))', fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc='lower right')
+        ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     retrain = f['settings']['retrain']['epochs']
     fig.suptitle(f'ssps sweep: {"post-training (calibration only)" if retrain == 0 else f"{retrain}-epoch retraining"}'
                  f'{"" if f["complete"] else " (partial)"}', fontsize=11)

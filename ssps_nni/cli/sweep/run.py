@@ -69,6 +69,22 @@ def describe(metric_of):
     return text
 
 
+def plan_summary(s: dict) -> str:
+    """What a sweep would run: the runs per kind and how many of them have a ``done.json`` already."""
+    jobs = plan.build(dict(s, run_config=s['config']))
+    root = Path(s['work_dir']) / 'runs'
+    kinds: dict[str, list[int]] = {}
+    for job in jobs:
+        count = kinds.setdefault(job.kind, [0, 0])
+        count[0] += 1
+        count[1] += (root / job.name / 'done.json').is_file()
+    lines = [f'{len(jobs)} runs in {s["work_dir"]} (a policy equal to a uniform point later reuses its run):']
+    lines += [f'  {kind:8s} {n:4d}  ({done} with a done.json)' for kind, (n, done) in kinds.items()]
+    lines.append(f'budgets: {", ".join(f"{b["label"]} = {b["text"]}" for b in s["budgets"])}')
+    lines.append(f'uniform points: {", ".join(s["uniform"])} (+ W8A8); seeds {s["seeds"]}; methods {s["methods"]}')
+    return '\n'.join(lines)
+
+
 def sweep(s: dict, prog: str, started: float) -> int:
     """Run the sweep of settings ``s`` (``command.resolve``); returns the exit status."""
     from ..benchmark.common import environment

@@ -22,6 +22,11 @@ from .jobs import execute, init_worker
 from .plan import Alias
 
 
+#: Kinds of run of similar length, for the ETA before a kind has a finished run (``policy:<method>``
+#: kinds are grouped by the part before the colon).
+GROUPS = {'fp32': 'train', 'uniform': 'train', 'retrain': 'train', 'policy': 'policy', 'scores': 'policy'}
+
+
 def clock(seconds: float | None) -> str:
     """``'1h02m'``, ``'4m05s'``, ``'12s'`` or ``'?'``."""
     if seconds is None:
@@ -62,9 +67,14 @@ class Scheduler:
     # -- estimates ---------------------------------------------------------------------------
 
     def _expected(self, kind: str) -> float | None:
+        """Mean time of the finished runs of this kind, else of its group (training runs, policies), else all."""
         own = self.durations.get(kind)
         if own:
             return statistics.fmean(own)
+        mine = GROUPS.get(kind.split(':')[0])
+        group = [d for k, ds in self.durations.items() if GROUPS.get(k.split(':')[0]) == mine for d in ds]
+        if group:
+            return statistics.fmean(group)
         every = [d for ds in self.durations.values() for d in ds]
         return statistics.fmean(every) if every else None
 
