@@ -25,13 +25,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import CIFAR10_CLASSES, DEFAULT_SUBSET, _check_split, load_cifar10_folder, load_cifar10_subset
+from .data import CIFAR10_CLASSES, DEFAULT_SUBSET, SPLITS, load_cifar10_folder, load_cifar10_subset
 
 __all__ = ['cache_root', 'folder_key', 'cached_cifar10_folder', 'cached_cifar10_subset']
 
 #: Bump when the stored layout changes.
 FORMAT = 1
 _SUFFIXES = ('.jpg', '.jpeg', '.png')
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
 
 
 def cache_root() -> Path:

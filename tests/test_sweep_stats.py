@@ -76,3 +76,4 @@ def test_mixed_point_against_the_uniform_line_paired_over_seeds():
 
 def test_line_runs_weights_each_seed_alike():
     assert stats.line_runs({'0': 10.0, '1': 20.0}, {'0': 30.0, '2': 0.0}, 0.5) == {'0': 20.0}
+

@@ -79,8 +79,8 @@ def plan_summary(s: dict) -> str:
         count[0] += 1
         count[1] += (root / job.name / 'done.json').is_file()
     lines = [f'{len(jobs)} runs in {s["work_dir"]} (a policy equal to a uniform point later reuses its run):']
-    lines += [f'  {kind:8s} {n:4d}  ({done} with a done.json)' for kind, (n, done) in kinds.items()]
-    lines.append(f'budgets: {", ".join(f"{b["label"]} = {b["text"]}" for b in s["budgets"])}')
+    lines += [f'  {kind:18s} {n:4d}  ({done} with a done.json)' for kind, (n, done) in kinds.items()]
+    lines.append('budgets: ' + ', '.join(f'{b["label"]} = {b["text"]}' for b in s['budgets']))
     lines.append(f'uniform points: {", ".join(s["uniform"])} (+ W8A8); seeds {s["seeds"]}; methods {s["methods"]}')
     return '\n'.join(lines)
 
@@ -96,7 +96,7 @@ def sweep(s: dict, prog: str, started: float) -> int:
         return fail(prog, err)
     costs = s.pop('costs')
     resolve_config(s, out)
-    priced = pricer(costs) if any(b['cost'] not in ('bitops', 'size') for b in s['budgets']) else None
+    priced = pricer(costs)  # the costs train_result.json does not hold (bitfusion), from the profile
     import torch
 
     env = environment('cuda' if torch.cuda.is_available() else 'cpu')
