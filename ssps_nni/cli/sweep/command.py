@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..common import DEFAULT_CONFIG_NAME, REPO, InputError, add_config, add_load_from, fail
+from ..common import REPO, InputError, add_config, add_load_from, fail
 
 PROG = 'ssps sweep'
 METHODS = ('ssps', 'sensitivity', 'random')
@@ -228,4 +228,4 @@ def main(argv=None, prog: str = PROG) -> int:
         os.chdir(cwd)
 
 
-__all__ = ['main', 'parse_args', 'resolve', 'PROG', 'METHODS', 'STANDARD', 'QUICK', 'DEFAULT_CONFIG_NAME']
+__all__ = ['main', 'parse_args', 'resolve', 'PROG', 'METHODS', 'STANDARD', 'QUICK']

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..benchmark.runs import RunCache, check_rc, policy_run, train_run
+from ..benchmark.runs import RunCache, policy_run, train_run
 
 SCORES_JSON = 'sensitivity_scores.json'
 
