@@ -39,9 +39,9 @@ def cache_env(tmp_path_factory):
 def test_top_level_help_lists_every_subcommand():
     result = ssps('--help')
     assert result.returncode == 0, result.stderr
-    for name in ('search', 'train', 'export', 'report', 'benchmark'):
+    for name in ('search', 'train', 'export', 'report', 'benchmark', 'sweep'):
         assert name in result.stdout
-    assert set(COMMANDS) == {'search', 'train', 'export', 'report', 'benchmark'}
+    assert set(COMMANDS) == {'search', 'train', 'export', 'report', 'benchmark', 'sweep'}
 
 
 @pytest.mark.parametrize('command', list(COMMANDS))
@@ -69,7 +69,7 @@ def test_refused_input_is_one_line_and_exit_2(args, message, tmp_path, cache_env
     assert not (tmp_path / 'w').exists()  # refused before the runner made its work dir
 
 
-@pytest.mark.parametrize('tool', ['search', 'train', 'export', 'report', 'benchmark'])
+@pytest.mark.parametrize('tool', ['search', 'train', 'export', 'report', 'benchmark', 'sweep'])
 def test_tools_shims_run_the_same_command(tool):
     result = subprocess.run([sys.executable, str(ROOT / 'tools' / f'{tool}.py'), '--help'], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)

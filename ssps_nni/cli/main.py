@@ -5,6 +5,7 @@
     ssps export --policy P.json ...         # ONNX with QuantizeLinear/DequantizeLinear
     ssps report P.json [...] --out DIR      # tables and figures of several policies
     ssps benchmark [SECTION ...]            # the benchmarks of docs/benchmarks.md
+    ssps sweep [CONFIG] [--budgets ...]     # the accuracy-vs-budget frontier against the uniform line
 
 Each subcommand is a module of ``ssps_nni.cli`` with a ``main(argv, prog)``, imported only when
 it is run, so ``ssps --help`` and ``ssps COMMAND --help`` load neither torch nor mmengine.
@@ -24,6 +25,7 @@ COMMANDS = {
     'export': ('export', 'export a policy and its checkpoint to ONNX (QuantizeLinear/DequantizeLinear)'),
     'report': ('report', 'compare policies: Markdown and CSV tables of bits and costs, figures'),
     'benchmark': ('benchmark', 'step cost, sequential determination and quality benchmarks (docs/benchmarks.md)'),
+    'sweep': ('sweep', 'the accuracy-vs-budget frontier: policies at many budgets against the uniform line'),
 }
 
 

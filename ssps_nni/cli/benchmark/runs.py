@@ -42,26 +42,37 @@ class RunCache:
         self.log = log
         self.memo: dict[str, tuple[str, dict]] = {}
 
-    def get(self, name: str, settings: dict, run):
-        key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    @staticmethod
+    def key(settings: dict) -> str:
+        """The cache key of a run's settings (sha1 of their sorted JSON, 12 hex digits)."""
+        return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+    def lookup(self, name: str, settings: dict) -> dict | None:
+        """The result of the finished run ``name`` with these ``settings``, or None (nothing is run)."""
+        key = self.key(settings)
         if name in self.memo and self.memo[name][0] == key:
             return self.memo[name][1]
-        result = self._get(name, key, settings, run)
-        self.memo[name] = (key, result)
-        return result
+        marker = self.root / name / 'done.json'
+        if not marker.is_file():
+            return None
+        try:
+            done = json.loads(marker.read_text())
+        except (ValueError, OSError) as err:
+            self.log(f'{marker} is unreadable ({err}); running {name} again')
+            return None
+        if isinstance(done, dict) and done.get('key') == key and isinstance(done.get('result'), dict):
+            self.memo[name] = (key, done['result'])
+            return done['result']
+        return None
 
-    def _get(self, name: str, key: str, settings: dict, run):
+    def get(self, name: str, settings: dict, run):
+        """The cached result of ``name`` with these ``settings``, else ``run(folder)``'s (then cached)."""
+        result = self.lookup(name, settings)
+        if result is not None:
+            self.log(f'reusing finished run {name}')
+            return result
+        key = self.key(settings)
         folder = self.root / name
-        marker = folder / 'done.json'
-        if marker.is_file():
-            try:
-                done = json.loads(marker.read_text())
-            except (ValueError, OSError) as err:
-                self.log(f'{marker} is unreadable ({err}); running {name} again')
-                done = {}
-            if isinstance(done, dict) and done.get('key') == key and isinstance(done.get('result'), dict):
-                self.log(f'reusing finished run {name}')
-                return done['result']
         if folder.exists():  # unfinished or other settings: start it again
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
@@ -70,7 +81,9 @@ class RunCache:
         result = run(folder)
         result['run_s'] = time.perf_counter() - start
         from ssps_nni.policy import atomic_write
-        atomic_write(marker, json.dumps({'key': key, 'settings': settings, 'result': result}, indent=2) + '\n')
+        atomic_write(folder / 'done.json', json.dumps({'key': key, 'settings': settings, 'result': result},
+                                                      indent=2) + '\n')
+        self.memo[name] = (key, result)
         return result
 
 
@@ -81,9 +94,12 @@ def check_rc(rc: int, what: str):
 
 
 def train_run(folder: Path, config: str, options: list[str], seed: int, mode: list[str],
-              load_from: str | None) -> dict:
-    """``ssps train`` in process (FP32, ``--uniform`` or ``--policy``); its result JSON."""
-    argv = [config, '--work-dir', str(folder), '--seed', str(seed), *mode]
+              load_from: str | None, extra=()) -> dict:
+    """``ssps train`` in process (FP32, ``--uniform`` or ``--policy``); its result JSON.
+
+    ``extra``: more ``ssps train`` options (e.g. a ``--device`` of that command), passed as given.
+    """
+    argv = [config, '--work-dir', str(folder), '--seed', str(seed), *mode, *extra]
     if load_from:
         argv += ['--load-from', load_from]
     argv += ['--cfg-options', *options, f'experiment_name={folder.name}_{os.getpid()}']
@@ -92,7 +108,8 @@ def train_run(folder: Path, config: str, options: list[str], seed: int, mode: li
     check_rc(train_cli.main(argv), f'ssps train {" ".join(argv)}')
     res = json.loads((folder / 'train_result.json').read_text())
     return {'top1': res['metrics'].get('accuracy/top1'), 'bitops': res['bitops']['value'],
-            'size': res['size']['value'], 'checkpoint': res['checkpoint']}
+            'size': res['size']['value'], 'checkpoint': res['checkpoint'], 'metrics': res['metrics'],
+            'qat_policy': res.get('qat_policy')}
 
 
 def search_run(folder: Path, config: str, options: list[str], seed: int, budget_arg: str,
@@ -159,12 +176,12 @@ def search_run(folder: Path, config: str, options: list[str], seed: int, budget_
 
 
 def policy_run(folder: Path, config: str, options: list[str], seed: int, budget_arg: str, method: str,
-               load_from: str, batches: int | None = None) -> dict:
-    """``ssps search --method random|sensitivity`` in process: a policy found without training."""
+               load_from: str, batches: int | None = None, extra=()) -> dict:
+    """``ssps search --method ssps|random|sensitivity`` in process; ``extra``: more of its options."""
     from ssps_nni.policy import load_policy
 
     argv = [config, '--work-dir', str(folder), '--seed', str(seed), '--budget', budget_arg, '--method', method,
-            '--load-from', load_from]
+            '--load-from', load_from, *extra]
     if method == 'sensitivity' and batches is not None:
         argv += ['--sensitivity-batches', str(batches)]
     argv += ['--cfg-options', *options, f'experiment_name={folder.name}_{os.getpid()}']
@@ -172,9 +189,10 @@ def policy_run(folder: Path, config: str, options: list[str], seed: int, budget_
     check_rc(search_cli.main(argv), f'ssps search {" ".join(argv)}')
     wall = time.perf_counter() - start
     policy = load_policy(folder / 'policy.json')
-    totals = policy.meta['totals']['bitops']
-    return {'policy': str(folder / 'policy.json'), 'bitops': totals['policy'], 'target': totals['target'],
-            'cost_ratio': totals['policy'] / totals['target'], 'search_s': wall,
+    totals = policy.meta['totals']  # per budget's cost; the first budget's gives the cost ratio
+    first = totals.get(policy.meta.get('cost_model')) or next(iter(totals.values()))
+    return {'policy': str(folder / 'policy.json'), 'bitops': (totals.get('bitops') or {}).get('policy'),
+            'target': first['target'], 'cost_ratio': first['policy'] / first['target'], 'search_s': wall,
             'repaired': policy.meta.get('repaired')}
 
 

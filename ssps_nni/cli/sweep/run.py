@@ -1,0 +1,160 @@
+"""A checked sweep run end to end: lock the work dir, run (or reuse) every run, write the frontier."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from ..common import InputError, fail
+from . import frontier, plan, plots, report
+from .profile import pricer
+from .scheduler import Scheduler, clock
+
+
+def lock(out: Path):
+    """An exclusive lock on ``OUT/.sweep.lock`` (released when the process ends, even killed).
+
+    Raises:
+        InputError: another sweep holds it.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / '.sweep.lock', 'a+')
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        raise InputError(f'another ssps sweep is running in {out} (pid {handle.read().strip() or "?"}); wait for it '
+                         'to end or give another --work-dir') from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def resolve_config(s: dict, out: Path) -> None:
+    """The config resolved once into ``OUT/config.py`` (no ``_base_``): what every run loads.
+
+    Resolving ``mmpretrain::`` bases reads the package's model index (about a second per run);
+    the resolved file loads in a few milliseconds. Its text is the runs' cache key of the config
+    (a changed base file changes it).
+    """
+    import hashlib
+
+    from mmengine.config import Config
+
+    from ssps_nni.policy import atomic_write
+
+    text = Config.fromfile(s['config']).pretty_text
+    s['run_config'] = str(atomic_write(out / 'config.py', text))
+    s['config_sha1'] = hashlib.sha1(text.encode()).hexdigest()
+
+
+def describe(metric_of):
+    """The end of a progress line: the run's metric and cost ratio, or the policy's cost ratio."""
+    def text(job, result: dict) -> str:
+        if result.get('alias'):
+            return f'same policy as {result["alias"]} ({result.get("why")})'
+        if isinstance(result.get('metrics'), dict):
+            key = metric_of(result)
+            value = result['metrics'].get(key) if key else None
+            return f'{key} {value:.2f}' if isinstance(value, (int, float)) else 'evaluated'
+        if 'cost_ratio' in result:
+            return f'policy at {result["cost_ratio"]:.3f} of the budget'
+        if 'scores' in result:
+            return f'scores in {result["scores"]}'
+        return ''
+    return text
+
+
+def plan_summary(s: dict) -> str:
+    """What a sweep would run: the runs per kind and how many of them have a ``done.json`` already."""
+    jobs = plan.build(dict(s, run_config=s['config']))
+    root = Path(s['work_dir']) / 'runs'
+    kinds: dict[str, list[int]] = {}
+    for job in jobs:
+        count = kinds.setdefault(job.kind, [0, 0])
+        count[0] += 1
+        count[1] += (root / job.name / 'done.json').is_file()
+    lines = [f'{len(jobs)} runs in {s["work_dir"]} (a policy equal to a uniform point later reuses its run):']
+    lines += [f'  {kind:18s} {n:4d}  ({done} with a done.json)' for kind, (n, done) in kinds.items()]
+    lines.append('budgets: ' + ', '.join(f'{b["label"]} = {b["text"]}' for b in s['budgets']))
+    lines.append(f'uniform points: {", ".join(s["uniform"])} (+ W8A8); seeds {s["seeds"]}; methods {s["methods"]}')
+    return '\n'.join(lines)
+
+
+def sweep(s: dict, prog: str, started: float) -> int:
+    """Run the sweep of settings ``s`` (``command.resolve``); returns the exit status."""
+    from ..benchmark.common import environment
+
+    out = Path(s['work_dir'])
+    try:
+        handle = lock(out)
+    except InputError as err:
+        return fail(prog, err)
+    costs = s.pop('costs')
+    resolve_config(s, out)
+    priced = pricer(costs)  # the costs train_result.json does not hold (bitfusion), from the profile
+    import torch
+
+    env = environment('cuda' if torch.cuda.is_available() else 'cpu')
+    jobs = plan.build(s)
+    from ssps_nni.policy import atomic_write
+
+    atomic_write(out / 'sweep.json', json.dumps(s, indent=2, default=str) + '\n')
+    console = sys.stdout
+
+    def say(line: str) -> None:
+        print(line, file=console, flush=True)
+
+    say(f'{prog}: {len(jobs)} runs in {out}: {len(s["budgets"])} budget(s) '
+        f'({", ".join(b["label"] for b in s["budgets"])}) x {", ".join(s["methods"])}, {len(s["uniform"])} uniform '
+        f'points ({", ".join(s["uniform"])}) + W8A8 and FP32, {len(s["seeds"])} paired seed(s), '
+        f'retraining {s["retrain"]["epochs"]} epoch(s), {s["jobs"]} at a time; finished runs are reused')
+    state = {'metric': None}
+
+    def metric_of(result):
+        if state['metric'] is None:
+            state['metric'] = frontier.pick_metric({'r': result}, s.get('metric'))
+        return state['metric']
+
+    def write(results: dict, final: bool = False) -> dict:
+        data = frontier.build(s, results, len(jobs), priced, env)
+        frontier.write(out / 'frontier.json', data)
+        atomic_write(out / 'frontier.md', report.markdown(data) + '\n')
+        if final:
+            plots.frontier_png(data, out / 'frontier.png')
+            if data.get('sensitivity_scores'):
+                plots.sensitivity_png(data['sensitivity_scores'], out / 'sensitivity.png')
+        return data
+
+    scheduler = Scheduler(jobs, out, s['jobs'], say, finished=write, describe=describe(metric_of))
+    try:
+        results = scheduler.run()
+    except KeyboardInterrupt:
+        write(scheduler.results, final=True)
+        print(f'{prog}: interrupted after {len(scheduler.results)} of {len(jobs)} runs; run the same command again '
+              f'to resume (finished runs in {out / "runs"} are reused)', file=sys.stderr)
+        return 130
+    finally:
+        handle.close()
+    data = write(results, final=True)
+    say('')
+    for p in data['points']:
+        v = p.get('vs_uniform') or {}
+        if p['mean'] is None:
+            continue
+        se = f' ± {v["se"]:.2f}' if v.get('se') is not None else ''
+        line = f'{v["mean"]:+.2f}{se} vs the uniform line' if v.get('mean') is not None else 'no uniform line'
+        say(f'  {p["budget"]:>22} {p["method"]:>11}: {data["metric"]} {p["mean"]:.2f}, {line}: {v.get("verdict")}')
+    written = ', '.join(str(out / n) for n in ('frontier.json', 'frontier.md', 'frontier.png', 'sensitivity.png')
+                        if (out / n).is_file())
+    say(f'{prog}: {scheduler.ran} runs done, {scheduler.reused} reused, {len(scheduler.failed)} failed in '
+        f'{clock(time.perf_counter() - started)}; wrote {written}')
+    if scheduler.failed:
+        print(f'{prog}: {len(scheduler.failed)} run(s) failed (first: {next(iter(scheduler.failed.items()))}); '
+              'their points are missing; rerun the same command to retry them', file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,2 @@
+from ssps_nni.cli.sweep import main
+raise SystemExit(main())
