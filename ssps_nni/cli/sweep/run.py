@@ -1,37 +1,16 @@
-"""A checked sweep run end to end: lock the work dir, run (or reuse) every run, write the frontier."""
+"""A checked sweep run end to end: lock the work dir (``cli/lock.py``), run (or reuse) every run, write the frontier."""
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from ..common import InputError, fail
+from ..lock import WorkDirLock
 from . import frontier, plan, plots, report
 from .profile import pricer
 from .scheduler import Scheduler, clock
-
-
-def lock(out: Path):
-    """An exclusive lock on ``OUT/.sweep.lock`` (released when the process ends, even killed).
-
-    Raises:
-        InputError: another sweep holds it.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    handle = open(out / '.sweep.lock', 'a+')
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        raise InputError(f'another ssps sweep is running in {out} (pid {handle.read().strip() or "?"}); wait for it '
-                         'to end or give another --work-dir') from None
-    handle.truncate(0)
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
 
 
 def resolve_config(s: dict, out: Path) -> None:
@@ -91,7 +70,7 @@ def sweep(s: dict, prog: str, started: float) -> int:
 
     out = Path(s['work_dir'])
     try:
-        handle = lock(out)
+        held = WorkDirLock(out, prog).acquire()  # one sweep per work dir, as search and train
     except InputError as err:
         return fail(prog, err)
     costs = s.pop('costs')
@@ -139,7 +118,7 @@ def sweep(s: dict, prog: str, started: float) -> int:
               f'to resume (finished runs in {out / "runs"} are reused)', file=sys.stderr)
         return 130
     finally:
-        handle.close()
+        held.release()
     data = write(results, final=True)
     say('')
     for p in data['points']:
