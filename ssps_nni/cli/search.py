@@ -51,6 +51,7 @@ from pathlib import Path
 from ..errors import SSPSError
 from .methods import run_random, run_sensitivity
 from .resume import check_resume, defer_sigint_in_saves
+from .train_loop import use_stopping_loop
 from .common import (DEFAULT_CONFIG_NAME, InputError, add_budget, add_candidates, add_cfg_options, add_config,
                      add_load_from, add_seed, add_ssps_imports, add_work_dir, check_data_paths, check_load_from,
                      config_path, default_work_dir, fail, CANDIDATE_FORM)
@@ -144,6 +145,7 @@ def apply_args(cfg, args) -> None:
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     add_ssps_imports(cfg)
+    use_stopping_loop(cfg)  # the search ends right after its last decision, not at the epoch's end
     hook = ssps_hook_cfg(cfg)
     if args.budget is not None:
         hook['budget'] = args.budget
