@@ -14,6 +14,11 @@ input exits with status 2 and one ``ssps search: error:`` line, no traceback and
 the policy table, its cost, the target and the reference costs (FP32, W8A8, all-minimum,
 all-maximum).
 
+The search ends right after the step of its last decision (docs/algorithm.md §6): a config's
+default epoch loop is replaced by ``SSPSEpochBasedTrainLoop`` (:mod:`ssps_nni.cli.train_loop`),
+which stops mid-epoch; the checkpoint of that step (``iter_N.pth``) is the one ``ssps train
+--policy WORK_DIR`` continues from.
+
 Exit status: 0 done (``WORK_DIR/policy.json`` written), 2 bad input, 3 a diverged search,
 130 interrupted (Ctrl-C). Faults and resuming:
 
