@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from ..errors import SSPSError
@@ -219,15 +220,18 @@ def main(argv=None, prog: str = PROG) -> int:
         from mmengine.runner import Runner
 
         runner = Runner.from_cfg(cfg)
+        started = time.perf_counter()
         runner.train()
+        trained = time.perf_counter()
         metrics = evaluate(runner, cfg)
+        times = {'train_s': trained - started, 'test_s': time.perf_counter() - trained}
     except (InputError, SSPSError) as err:
         return fail(prog, err)
     from mmengine.dist import is_main_process
 
     from ssps_nni.policy import atomic_write
 
-    res = result(runner, cfg, args, metrics)
+    res = dict(result(runner, cfg, args, metrics), **times)  # wall seconds of the training and the test
     if is_main_process():
         path = atomic_write(Path(cfg.work_dir) / RESULT_JSON, json.dumps(res, indent=2) + '\n')
         print(summary(res))

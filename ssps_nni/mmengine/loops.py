@@ -38,18 +38,33 @@ class SSPSEpochBasedTrainLoop(EpochBasedTrainLoop):
     Whoever stops saves the checkpoint of that iteration (:func:`save_stop_checkpoint`). A stop
     set at the last iteration of an epoch ends that epoch as usual.
 
+    Args:
+        max_iters: optional cap on the iterations in all (``max_epochs`` must cover it): the
+            epoch in which it is reached ends there as a whole one (its ``after_train_epoch``
+            hooks, e.g. the last checkpoint, run), and training ends. For a schedule counted in
+            steps on an epoch-based config (``ssps benchmark time-to-model``).
+        *args, **kwargs: those of mmengine's ``EpochBasedTrainLoop``.
+
+    Raises:
+        ValueError: ``max_iters`` below 1 or beyond ``max_epochs`` epochs.
+
     Attributes:
         stopped_mid_epoch: True once a stop ended an epoch early.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, max_iters: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if max_iters is not None:
+            if not 1 <= int(max_iters) <= self._max_iters:
+                raise ValueError(f'train_cfg max_iters={max_iters} must be in 1..{self._max_iters} '
+                                 f'(max_epochs={self._max_epochs} epochs of {len(self.dataloader)} iterations)')
+            self._max_iters = int(max_iters)
         self.stopped_mid_epoch = False
 
     def run(self):
         """Launch training (mmengine's ``run``, ending at a mid-epoch stop without validation)."""
         self.runner.call_hook('before_train')
-        while self._epoch < self._max_epochs and not self.stop_training:
+        while self._epoch < self._max_epochs and self._iter < self._max_iters and not self.stop_training:
             self.run_epoch()
             if self.stopped_mid_epoch:
                 break
@@ -67,6 +82,8 @@ class SSPSEpochBasedTrainLoop(EpochBasedTrainLoop):
         last = len(self.dataloader) - 1
         for idx, data_batch in enumerate(self.dataloader):
             self.run_iter(idx, data_batch)
+            if self._iter >= self._max_iters:
+                break  # the cap: this epoch ends here as a whole one
             if self.stop_training and idx < last:
                 self.stopped_mid_epoch = True
                 return

@@ -85,13 +85,13 @@ class StopAt(Hook):
         self.trained = True
 
 
-def _epoch_runner(work_dir, loop_type: str, max_epochs: int = 2, custom_hooks=None):
+def _epoch_runner(work_dir, loop_type: str, max_epochs: int = 2, custom_hooks=None, **loop):
     return Runner(
         model=dict(type='ToySSPSNet'), work_dir=str(work_dir),
         train_dataloader=dict(dataset=dict(type='ToySSPSData', size=64), sampler=dict(type='DefaultSampler'),
                               batch_size=8, num_workers=0),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
-        train_cfg=dict(type=loop_type, max_epochs=max_epochs, val_interval=1),
+        train_cfg=dict(type=loop_type, max_epochs=max_epochs, val_interval=1, **loop),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1)), custom_hooks=custom_hooks,
         default_scope='mmpretrain', randomness=dict(seed=0), experiment_name=f'stop_{Path(work_dir).name}')
 
@@ -108,6 +108,19 @@ def test_the_loop_stops_after_the_iteration_that_sets_the_flag(tmp_path, at, ite
     assert (stop.iters, stop.epochs, stop.trained) == (iters, epochs, True)
     assert runner.iter == iters and runner.train_loop.stopped_mid_epoch == (at % 8 != 0)
     assert sorted(p.name for p in Path(tmp_path).glob('*.pth')) == [f'epoch_{e}.pth' for e in range(1, epochs + 1)]
+
+
+def test_max_iters_ends_the_last_epoch_there(tmp_path):
+    """A schedule in steps (time-to-model): 11 iterations of 2 epochs of 8; the second epoch ends
+    after 3 of them as a whole one (its after_train_epoch hooks: the last checkpoint)."""
+    runner = _epoch_runner(tmp_path, LOOP_TYPE, max_iters=11)
+    stop = StopAt(100)
+    runner.register_hook(stop)
+    runner.train()
+    assert (stop.iters, stop.epochs, runner.iter, runner.train_loop.max_iters) == (11, 2, 11, 11)
+    assert sorted(p.name for p in Path(tmp_path).glob('*.pth')) == ['epoch_1.pth', 'epoch_2.pth']
+    with pytest.raises(ValueError, match='max_iters=17 must be in 1..16'):
+        _epoch_runner(tmp_path / 'bad', LOOP_TYPE, max_iters=17).train()
 
 
 def test_mmengine_epoch_loop_would_run_to_the_end_of_the_epoch(tmp_path):
