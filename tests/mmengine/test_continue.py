@@ -91,3 +91,10 @@ def test_no_search_to_continue(full_run, tmp_path):
     (tmp_path / 'policy.json').write_text((full_run / 'policy.json').read_text())
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'missing.pth'))
     assert search_checkpoint(str(one_shot)) is None  # the checkpoint it names is gone
+
+
+def test_a_folder_without_a_policy_is_refused(train_tool, tiny_config, tmp_path, capsys):
+    code = train_tool.main([str(tiny_config), '--policy', str(tmp_path), '--work-dir', str(tmp_path / 'w')])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count('\n') == 1 and 'is a folder without policy.json' in err, err
+    assert not (tmp_path / 'w').exists()
