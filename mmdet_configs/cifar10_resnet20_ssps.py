@@ -38,9 +38,11 @@ val_dataloader = dict(
     batch_size=256, dataset=dict(data_root=data_root, download=False))
 test_dataloader = val_dataloader
 
-# Search schedule: 30 epochs, cosine learning rate.
+# Search schedule: 30 epochs, cosine learning rate. The train loop is mmengine's epoch loop that
+# also stops right after any iteration (ssps_nni.mmengine.loops), so the search ends at its last
+# decision, not at the end of that epoch (_delete_: mmengine takes `type` or `by_epoch`).
 max_epochs = 30
-train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=5)
+train_cfg = dict(_delete_=True, type='SSPSEpochBasedTrainLoop', max_epochs=max_epochs, val_interval=5)
 param_scheduler = dict(
     _delete_=True, type='CosineAnnealingLR', by_epoch=True, T_max=max_epochs)
 

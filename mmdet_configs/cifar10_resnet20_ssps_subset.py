@@ -19,7 +19,7 @@ val_dataloader = dict(
 test_dataloader = val_dataloader
 
 max_epochs = 6
-train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=max_epochs)
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)  # the base's SSPSEpochBasedTrainLoop
 param_scheduler = dict(T_max=max_epochs)
 optim_wrapper = dict(optimizer=dict(lr=0.01))  # fine-tuning from the FP32 start
 load_from = '{{ fileDirname }}/../checkpoints/resnet20_cifar10_fp32.pth'

@@ -16,6 +16,6 @@ model = dict(backbone=dict(init_cfg=None))
 
 # Fine-tune from the FP32 checkpoint (load_from) while searching: 2 epochs at 1/10 of the
 # training lr, after the base's linear warm-up.
-train_cfg = dict(max_epochs=2, val_interval=1)
+train_cfg = dict(type='SSPSEpochBasedTrainLoop', max_epochs=2, val_interval=1)  # stops right after the last decision
 optim_wrapper = dict(optimizer=dict(lr=_base_.optim_wrapper.optimizer.lr / 10))
 param_scheduler = [dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500)]

@@ -13,6 +13,7 @@ _base_ = ['mmpretrain::resnet/resnet50_8xb32_in1k.py', './_base_/ssps_search_ima
 
 # Fine-tune from the FP32 checkpoint (load_from) while searching: 2 epochs, lr 1/10 of
 # training, cosine.
-train_cfg = dict(by_epoch=True, max_epochs=2, val_interval=1)
+# the epoch loop that stops right after the last decision (mmengine takes `type` or `by_epoch`)
+train_cfg = dict(_delete_=True, type='SSPSEpochBasedTrainLoop', max_epochs=2, val_interval=1)
 optim_wrapper = dict(optimizer=dict(lr=0.01))
 param_scheduler = dict(_delete_=True, type='CosineAnnealingLR', by_epoch=True, T_max=2, eta_min=1e-4)

@@ -6,6 +6,8 @@
   model or of a search supernet) into a fixed model (every cell decided, e.g. by
   :func:`ssps_nni.policy.apply_policy`); it names the cells left without step sizes, which
   :func:`ssps_nni.calibrate.calibrate_cells` then initialises from data.
+- :func:`take_candidate_rows`: in a search supernet's ``state_dict``, each fixed cell's step
+  sizes of its own bit-widths (the QAT that continues a search starts from them).
 - :func:`quant_cells`: the quantization cells of a model, by name (used by the export, the
   calibration and the NNI config list too).
 """
@@ -23,7 +25,7 @@ from .cell import QuantCellMixin
 from .errors import ExportError
 from .quant import FLOAT_BITS
 
-__all__ = ["QUANT_STATE_KEYS", "checkpoint_problem", "load_fixed_state", "quant_cells"]
+__all__ = ["QUANT_STATE_KEYS", "checkpoint_problem", "load_fixed_state", "quant_cells", "take_candidate_rows"]
 
 
 def quant_cells(model: nn.Module) -> dict[str, QuantCellMixin]:
@@ -59,6 +61,47 @@ def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict:
     if state and all(k.startswith(prefix) for k in state):
         return {k[len(prefix):]: v for k, v in state.items()}
     return dict(state)
+
+
+def take_candidate_rows(state: dict, cells: Mapping[str, QuantCellMixin], candidates: Mapping) -> list[str]:
+    """Reduce a search supernet's per-candidate step sizes in ``state`` to each fixed cell's own row (in place).
+
+    A supernet cell keeps one step size per candidate (``w_scale`` ``(len(B_w), C_out)``,
+    ``a_scale`` ``(len(B_a),)``, masks ``(n,)``; docs/algorithm.md §2); a fixed cell keeps one
+    (``(1, C_out)``, ``(1,)``). For every slot of ``cells`` whose entry in ``state`` has one row
+    per candidate of ``candidates`` (sorted), the row of the cell's bit-width is kept and its
+    mask becomes ``[1]``. Entries that already fit, or whose row count or bits do not match the
+    candidates, are left as they are.
+
+    Args:
+        state: ``{key: tensor}`` with the model's keys (``<cell name>.w_scale``, ...).
+        cells: ``{name: fixed cell}`` (one candidate per slot).
+        candidates: ``{'w': [...], 'a': [...]}``: the search's candidate lists (a policy's).
+
+    Returns:
+        Names of the cells for which both slots now fit (taken from a supernet row or already one row).
+    """
+    fits = []
+    for name, cell in cells.items():
+        ok = True
+        for slot, key in (("w", "w_scale"), ("a", "a_scale")):
+            full = f"{name}.{key}"
+            value = state.get(full)
+            if value is None:
+                ok = False
+                continue
+            if value.shape[0] == 1:
+                continue
+            cands = sorted({int(b) for b in candidates.get(slot, ())})
+            bits = cell.candidates(slot)[0]
+            if value.shape[0] != len(cands) or bits not in cands:
+                ok = False
+                continue
+            state[full] = value[cands.index(bits)].unsqueeze(0).clone()
+            state[f"{name}.{slot}_mask"] = torch.ones(1, dtype=torch.uint8, device=value.device)
+        if ok:
+            fits.append(name)
+    return fits
 
 
 def load_fixed_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], policy=None) -> list[str]:

@@ -198,7 +198,8 @@ class SearchSpace:
 
     def log10_size(self) -> float:
         """log10 of the number of policies still possible: sum of log10(allowed candidates)."""
-        return float(sum(math.log10(int(self.masks(s).sum(1)[l])) for l, s in self.decisions))
+        counts = {s: self.masks(s).sum(1).tolist() for s in SLOTS}  # once per slot: called every step
+        return float(sum(math.log10(int(counts[s][l])) for l, s in self.decisions))
 
     def bits(self) -> dict[str, tuple[int, int]]:
         """``{name: (w_bits, a_bits)}`` for every converted layer: decided, else argmax."""

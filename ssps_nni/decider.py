@@ -149,11 +149,9 @@ class SequentialDecider:
         with torch.no_grad():
             pw, pa = self.space.probs("w").cpu(), self.space.probs("a").cpu()
         width = max(pw.shape[1], pa.shape[1])
-        rows = []
-        for l, slot in self.space.decisions:
-            p = (pw if slot == "w" else pa)[l]
-            rows.append(torch.nn.functional.pad(p, (0, width - p.shape[0])))
-        return torch.stack(rows)
+        pad = torch.nn.functional.pad
+        # decisions are (layer, 'w'), (layer, 'a') for layer 0, 1, ...: interleave the two slots' rows
+        return torch.stack([pad(pw, (0, width - pw.shape[1])), pad(pa, (0, width - pa.shape[1]))], 1).reshape(-1, width)
 
     def certainties(self) -> torch.Tensor:
         """``(2L,)`` certainty of every decision (1.0 for decided ones)."""
@@ -260,11 +258,13 @@ class SequentialDecider:
                 break
             by = "threshold" if by_threshold else "final" if force_all else "schedule"
             fixed.append(self._fix(i, probs[i], step, float(cert[i]), by))
+        if fixed:  # the fixed rows are one-hot now
+            cert = certainty(self.probs(), self.config.measure)
         self.history.append({
             "step": int(step),
             "log10_size": self.space.log10_size(),
             "num_decided": self.space.num_decided,
-            "certainty": [round(float(c), 6) for c in certainty(self.probs(), self.config.measure)],
+            "certainty": [round(c, 6) for c in cert.tolist()],
             "fixed": fixed,
         })
         return fixed

@@ -100,18 +100,30 @@ def normalized(d: dict, masks: dict) -> dict:
     return {slot: d[slot] / scale for slot in SLOTS}
 
 
-def _argmin(d_w, d_a, masks, tables, targets, mu):
-    """Per-layer minimiser of ``d_w[i] + d_a[j] + sum_b mu_b * table_b[i, j] / T_b`` (flat pair index)."""
-    obj = d_w[:, :, None] + d_a[:, None, :]
-    for m, table, t in zip(mu, tables, targets):
-        obj = obj + m * table / t
-    allowed = masks["w"][:, :, None] & masks["a"][:, None, :]
-    return obj.masked_fill(~allowed, math.inf).flatten(1).argmin(1)
+class _Minimiser:
+    """Per-layer minimiser of ``d_w[i] + d_a[j] + sum_b mu_b * table_b[i, j] / T_b`` (flat pair
+    index) for many ``mu`` at one ``D``: the parts that do not depend on ``mu`` are built once.
 
+    The same arithmetic as ``d_w + d_a + mu * table / T`` masked afterwards (so the same
+    values and minimisers): disallowed pairs start at ``inf`` and their tables read 0.
+    """
 
-def _costs(choice, tables):
-    rows = torch.arange(choice.shape[0])
-    return [float(table.flatten(1)[rows, choice].sum()) for table in tables]
+    def __init__(self, d_w, d_a, masks, tables, targets):
+        allowed = masks["w"][:, :, None] & masks["a"][:, None, :]
+        self.base = (d_w[:, :, None] + d_a[:, None, :]).masked_fill(~allowed, math.inf)
+        self.tables = [table.masked_fill(~allowed, 0.0) for table in tables]
+        self.flat = [table.flatten(1) for table in tables]
+        self.targets = list(targets)
+        self.rows = torch.arange(self.base.shape[0])
+
+    def __call__(self, mu):
+        obj = self.base
+        for m, table, t in zip(mu, self.tables, self.targets):
+            obj = obj + m * table / t
+        return obj.flatten(1).argmin(1)
+
+    def cost(self, choice, b: int) -> float:
+        return float(self.flat[b][self.rows, choice].sum())
 
 
 def lagrange_multipliers(d: dict, masks: dict, tables: list, limits: list, targets: list,
@@ -134,14 +146,12 @@ def lagrange_multipliers(d: dict, masks: dict, tables: list, limits: list, targe
         One multiplier per budget (0 where the unconstrained minimiser already fits). Several
         budgets: cyclic, ``rounds`` passes.
     """
-    d_w, d_a = d["w"].double(), d["a"].double()
+    minimiser = _Minimiser(d["w"].double(), d["a"].double(), masks, tables, targets)
     mu = [0.0] * len(tables)
-
-    def choice(values):
-        return _argmin(d_w, d_a, masks, tables, targets, values)
+    choice = minimiser
 
     def fits(values, b):
-        return _costs(choice(values), tables)[b] <= limits[b] * (1 + 1e-9)
+        return minimiser.cost(choice(values), b) <= limits[b] * (1 + 1e-9)
 
     for _ in range(rounds if len(tables) > 1 else 1):
         for b in range(len(tables)):

@@ -94,10 +94,35 @@ def test_second_call_reuses_finished_runs_and_redoes_a_broken_one(smoke):
     assert json.loads(marker.read_text())['result']['top1'] is not None
 
 
+def test_smoke_time_to_model_has_equal_steps_and_continues_the_search(smoke):
+    """``time-to-model`` runs only when named; it reuses the FP32 and sensitivity runs of the
+    other sections, gives every arm the same total steps and continues the search's checkpoint."""
+    out, res = smoke
+    assert 'time-to-model' not in res['sections']
+    result = _run('time-to-model', '--smoke', '--out', out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert 'reusing finished run fp32' in result.stdout and 'reusing finished run sensitivity_W4A4_s0' in result.stdout
+    res = json.loads((out / 'results.json').read_text())
+    assert res['sections'] == ['step-cost', 'sequential', 'quality', 'time-to-model']
+    t = res['time-to-model']
+    rows = {r['arm']: r for r in t['rows']}
+    assert set(rows) == {'ssps', 'sensitivity', 'uniform'} and t['complete'] is True
+    totals = {r['arm']: r['policy_steps']['mean'] + r['qat_steps']['mean'] for r in t['rows']}
+    assert len(set(totals.values())) == 1, totals  # equal total training steps
+    ssps = rows['ssps']['runs'][0]
+    assert 0 < ssps['policy_steps'] and ssps['qat_steps'] == ssps['total_steps'] - ssps['policy_steps']
+    for r in t['rows']:
+        assert r['top1']['n'] == 1 and r['qat_s']['mean'] > 0 and r['test_s']['mean'] > 0
+    assert rows['uniform']['reference'] == rows['uniform']['method'] and rows['ssps']['vs_uniform']['n'] == 1
+    log = next((out / 'runs' / 'ttm_qat_ssps_W4A4_s0').glob('*/*.log')).read_text()
+    assert 'QAT: step sizes from the checkpoint' in log and 'search checkpoint' in log
+    assert '### Time to a deployable model' in (out / 'results.md').read_text()
+
+
 @pytest.mark.parametrize('argv, message', [
     (['--smoke', '--seeds', 'a,b'], 'not a comma-separated list of integers'),
     (['nonsense', '--smoke'], "unknown section 'nonsense'"),
-    (['--quick', '--data-root', '/tmp'], '--data-root is used only by the sequential and quality sections'),
+    (['--quick', '--data-root', '/tmp'], '--data-root is used only by the sequential, quality and time-to-model sections'),
     (['quality', '--data-root', '/nonexistent'], 'has no train/ and test/ folders'),
     (['--smoke', '--seeds=-1'], 'outside 0..2**32-1'),
     (['--smoke', '--seeds='], '--seeds is empty'),

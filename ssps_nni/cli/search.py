@@ -15,6 +15,11 @@ input exits with status 2 and one ``ssps search: error:`` line, no traceback and
 the policy table, its cost, the target and the reference costs (FP32, W8A8, all-minimum,
 all-maximum).
 
+The search ends right after the step of its last decision (docs/algorithm.md §6): a config's
+default epoch loop is replaced by ``SSPSEpochBasedTrainLoop`` (:mod:`ssps_nni.cli.train_loop`),
+which stops mid-epoch; the checkpoint of that step (``iter_N.pth``) is the one ``ssps train
+--policy WORK_DIR`` continues from.
+
 Exit status: 0 done (``WORK_DIR/policy.json`` written), 2 bad input (also: the work dir cannot
 be written, or another run holds it, ``ssps_nni.cli.lock``), 3 a diverged search, 130 interrupted
 (Ctrl-C, SIGINT), 143 stopped by SIGTERM. Faults and resuming:
@@ -57,6 +62,7 @@ from .methods import run_random, run_sensitivity
 from .lock import work_dir_lock
 from .resume import check_resume
 from .stop import GracefulStop
+from .train_loop import use_stopping_loop
 from .common import (DEFAULT_CONFIG_NAME, InputError, add_budget, add_candidates, add_cfg_options, add_config,
                      add_device_amp, apply_amp, select_device, add_load_from, add_seed, add_ssps_imports,
                      add_work_dir, check_data_paths, check_load_from, check_output_dir, config_path,
@@ -156,6 +162,7 @@ def apply_args(cfg, args) -> None:
         cfg.merge_from_dict(args.cfg_options)
     apply_amp(cfg, args)
     add_ssps_imports(cfg)
+    use_stopping_loop(cfg)  # the search ends right after its last decision, not at the epoch's end
     hook = ssps_hook_cfg(cfg)
     if args.budget is not None:
         hook['budget'] = args.budget

@@ -1,6 +1,6 @@
 """``ssps train``: retrain a searched policy (quantization-aware training) on an mmengine config, then evaluate.
 
-    ssps train CONFIG --policy work_dirs/search/policy.json [--load-from FP.pth]
+    ssps train CONFIG --policy work_dirs/search [--load-from PTH]   # continues from the search
     ssps train CONFIG --uniform W4A4      # a uniform baseline, same schedule
     ssps train CONFIG                     # FP32 (e.g. to train the starting checkpoint)
         [--work-dir DIR] [--seed N] [--cfg-options KEY=VALUE ...] [--device cpu|cuda] [--amp none|bf16|fp16]
@@ -8,7 +8,10 @@
 The config is the search's own (``mmdet_configs/*_ssps*.py``): its ``SSPSHook`` is removed and,
 with ``--policy`` or ``--uniform``, a ``QuantPolicyHook`` takes its place (the search's layer
 selection and calibration options carried over), so the three modes share one schedule.
-Afterwards mmengine's test loop (the val loop if the config has none) evaluates the final model;
+A policy in a search's work dir (``--policy WORK_DIR`` or ``WORK_DIR/policy.json``) is retrained
+from that search's last checkpoint, its weights and the step sizes it trained for the chosen
+bits, unless ``--load-from`` (or ``load_from`` in ``--cfg-options``) names another start
+(:mod:`ssps_nni.cli.search_start`). Afterwards mmengine's test loop (the val loop if the config has none) evaluates the final model;
 the metrics, BitOPs and size are printed and written to ``WORK_DIR/train_result.json``.
 Bad input (an unreadable or non-JSON policy, a policy that does not match the model, a
 malformed ``--uniform``, a missing ``--load-from`` or data folder) exits with status 2 and one
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from ..errors import SSPSError
@@ -32,6 +36,7 @@ from .common import (DEFAULT_CONFIG_NAME, InputError, add_cfg_options, add_confi
                      work_dir_room)
 from .lock import work_dir_lock
 from .search import SSPS_TYPES
+from .search_start import continue_from_search, policy_file
 
 PROG = 'ssps train'
 RESULT_JSON = 'train_result.json'
@@ -48,7 +53,8 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
                     f'on an mmengine config, then evaluation. With no CONFIG: {DEFAULT_CONFIG_NAME}.')
     add_config(parser)
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument('--policy', help='policy.json written by ssps search')
+    mode.add_argument('--policy', help='policy.json written by ssps search, or the search\'s work dir; '
+                                       'training continues from that search\'s checkpoint unless --load-from is given')
     mode.add_argument('--uniform', metavar='WxAy',
                       help='every searched layer at x-bit weights, y-bit inputs (pinned layers at their bits)')
     parser.add_argument('--allow-partial', action='store_true',
@@ -107,6 +113,8 @@ def build_config(args):
     cfg.work_dir = args.work_dir if args.work_dir is not None else default_work_dir(cfg, args.config, '_qat')
     if args.load_from is not None:
         cfg.load_from = args.load_from
+    else:
+        args.continued_from = continue_from_search(cfg, args)
     return cfg
 
 
@@ -118,6 +126,8 @@ def check_policy(args, prog: str = PROG) -> None:
             snapshot without ``--allow-partial`` (the message names the option).
         InputError: ``--allow-partial`` without ``--policy``.
     """
+    if args.policy is not None:
+        args.policy = policy_file(args.policy)  # a search's work dir: its policy.json
     if args.policy is None:
         if args.allow_partial:
             raise InputError('--allow-partial applies to --policy (a search\'s policy.partial.json); '
@@ -211,19 +221,25 @@ def main(argv=None, prog: str = PROG) -> int:
         check_policy(args, prog)
         cfg = build_config(args)
         validate(cfg)
+        if getattr(args, 'continued_from', None):
+            print(f'{prog}: continuing from the search\'s checkpoint {args.continued_from} (its weights and step '
+                  'sizes; --load-from PTH starts from another checkpoint)')
         from mmengine.runner import Runner
 
         with work_dir_lock(cfg.work_dir, prog):  # one run per work dir (ssps_nni.cli.lock)
             runner = Runner.from_cfg(cfg)
+            started = time.perf_counter()
             runner.train()
+            trained = time.perf_counter()
             metrics = evaluate(runner, cfg)
+            times = {'train_s': trained - started, 'test_s': time.perf_counter() - trained}
     except (InputError, SSPSError) as err:
         return fail(prog, err)
     from mmengine.dist import is_main_process
 
     from ssps_nni.policy import atomic_write
 
-    res = result(runner, cfg, args, metrics)
+    res = dict(result(runner, cfg, args, metrics), **times)  # wall seconds of the training and the test
     if is_main_process():
         path = atomic_write(Path(cfg.work_dir) / RESULT_JSON, json.dumps(res, indent=2) + '\n')
         print(summary(res))

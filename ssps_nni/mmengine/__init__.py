@@ -7,6 +7,7 @@ Importing this package registers, so that a config only needs::
 
 - ``SSPSHook`` (search) and ``QuantPolicyHook`` (retrain a policy) in mmengine's root ``HOOKS``
   (found under ``default_scope`` mmpretrain and mmdet);
+- ``SSPSEpochBasedTrainLoop`` (an epoch loop that also stops after any iteration) in its ``LOOPS``;
 - ``ResNet20CIFAR`` in mmpretrain's ``MODELS``;
 - ``CIFAR10Subset``, ``CIFAR10Folder`` and ``CIFAR10Cached`` in mmpretrain's ``DATASETS``;
 - torch's ``weights_only`` safe globals for mmengine checkpoints (torch >= 2.6).
@@ -17,8 +18,9 @@ register_safe_globals()
 
 from .datasets import CIFAR10Cached, CIFAR10Folder, CIFAR10Subset  # noqa: E402
 from .hook import SSPSHook  # noqa: E402
+from .loops import SSPSEpochBasedTrainLoop  # noqa: E402
 from .qat import QuantPolicyHook  # noqa: E402
 from .resnet_cifar import ResNet20CIFAR  # noqa: E402
 
-__all__ = ['SSPSHook', 'QuantPolicyHook', 'ResNet20CIFAR', 'CIFAR10Subset', 'CIFAR10Folder',
-           'CIFAR10Cached', 'register_safe_globals']
+__all__ = ['SSPSHook', 'SSPSEpochBasedTrainLoop', 'QuantPolicyHook', 'ResNet20CIFAR', 'CIFAR10Subset',
+           'CIFAR10Folder', 'CIFAR10Cached', 'register_safe_globals']

@@ -19,9 +19,10 @@ forward (``mode='loss'``)     NaN/inf loss: ``SearchDivergedError`` before the b
                               to the loss dict, fp32, autocast off
 ``after_train_iter``          on optimizer steps: reduce + unscale logit grads, Adam, decide;
                               log; write ``policy.partial.json`` (``"final": false``) at each
-                              decision; stop when all decided
-``after_train``               fix what is left, write ``policy.json`` / ``policy.png``
-                              (``"final": true``), remove the partial snapshot
+                              decision; once all are decided: budget fill, and stop there
+                              (checkpoint ``iter_N.pth``, ``loops.py``), then ``policy.json``
+``after_train``               if not done yet: fix what is left, fill, write ``policy.json`` /
+                              ``policy.png`` (``"final": true``), remove the partial snapshot
 ``before_save_checkpoint``    ``checkpoint['ssps'] = SSPSSearch.state_dict()``
 ============================  ===============================================================
 
@@ -55,6 +56,7 @@ from ..policy import PARTIAL_POLICY_JSON, PARTIAL_POLICY_PNG, POLICY_JSON, POLIC
 from ..search import SSPSSearch
 from ..search_config import PLACEHOLDER_STEPS, SearchConfig
 from .calibration import calibration_loader, forward_fn, preserved_rng
+from .loops import late_stop, stop_training
 from .optim import add_param_group, find_optim_wrapper, loss_scale, reduce_logit_grads
 from .report import cost_lines
 
@@ -98,8 +100,9 @@ class SSPSHook(Hook):
             ``total_steps``.
         calib_batches: training batches used to profile layers and initialise step sizes.
         calib_batch_size: their batch size; defaults to the train loader's.
-        stop_when_done: end training (``train_loop.stop_training``) once every decision is
-            made; an epoch-based loop stops at the end of that epoch.
+        stop_when_done: end training right after the step of the last decision, with its
+            checkpoint ``iter_N.pth``, then ``policy.json`` (§6 "Stopping"; the budget fill is
+            at that step in any case). False: the filled policy trains on to the end.
         plot_interval_s: the snapshot ``policy.partial.json`` (``"final": false``, the open
             decisions listed) is written at every decision point that fixes something,
             ``policy.partial.png`` at most once per this many seconds (drawing costs about a
@@ -161,6 +164,7 @@ class SSPSHook(Hook):
         self._runner = None
         self._locating = False
         self._checked = False  # this iteration's loss was checked in the forward hook
+        self._final_written = False  # policy.json of this run written
 
     def search_config(self, total_steps: int) -> SearchConfig:
         """The hook's :class:`SearchConfig` for a search of ``total_steps`` optimizer steps (not re-parsed)."""
@@ -235,8 +239,14 @@ class SSPSHook(Hook):
             runner.logger.info(f'SSPS: nothing to search, {reason}; the policy is written now and no training '
                                'step runs')
             runner.train_loop.stop_training = True
+        elif search.done and self.stop_when_done:  # resumed from the checkpoint of a finished search
+            runner.logger.info(f'SSPS: the search was done at step {search.step} (every decision made); '
+                               'no training step runs')
+            runner.train_loop.stop_training = True
         elif not search.done:
             self._move_earlier_policy(runner)
+        if self.stop_when_done and late_stop(runner.train_loop):
+            runner.logger.warning(f'SSPS: {late_stop(runner.train_loop)}')
 
     def _move_earlier_policy(self, runner) -> None:
         """A ``policy.json`` already in the work dir is an earlier search's: move it aside.
@@ -326,9 +336,9 @@ class SSPSHook(Hook):
             self.search.check_loss(torch.as_tensor(loss), where=f'iteration {runner.iter + 1}, epoch '
                                    f'{runner.epoch + 1}; this step already updated the weights',
                                    hint=self._divergence_hint())
-        if self.optim_wrapper is not None and not self.optim_wrapper.should_update():
-            return
         search = self.search
+        if search.finished or self.optim_wrapper is not None and not self.optim_wrapper.should_update():
+            return  # finished: the policy is final, the steps after it are plain QAT
         params = search.space.sampler.grad_tensors()  # logits and dense-score probes
         finite = reduce_logit_grads(params, self._scale)
         if finite and loss_scale(self.optim_wrapper) >= self._scale:
@@ -344,9 +354,10 @@ class SSPSHook(Hook):
                 f'SSPS step {search.step}: fixed {len(fixed)} decision(s), {space.num_decided}/'
                 f'{space.num_decisions} decided, log10 search space {space.log10_size():.2f}')
             self._write_policy(runner, final=False)
-        if search.done and self.stop_when_done and not runner.train_loop.stop_training:
-            runner.logger.info(f'SSPS: every decision made at step {search.step}; stopping training')
-            runner.train_loop.stop_training = True
+        if search.done and not search.finished:
+            search.finish()  # the fill now: no step trains a policy that the fill then changes
+            if self.stop_when_done and stop_training(runner, f'SSPS: every decision made at step {search.step}'):
+                self._finish(runner)  # policy.json once a checkpoint holds the finished search (else after_train)
 
     def _log_scalars(self, runner) -> None:
         """Expected cost, target, ratio, decided, log10 search space, temperature."""
@@ -358,7 +369,12 @@ class SSPSHook(Hook):
     # -- result ------------------------------------------------------------------------------
 
     def after_train(self, runner) -> None:
-        """Fix every open decision and write the final policy.
+        """Fix every open decision and write the final policy, unless that was done at the last decision."""
+        if not self._final_written:
+            self._finish(runner)
+
+    def _finish(self, runner) -> None:
+        """Fix every open decision, fill the budget (§5) and write the final policy.
 
         Raises:
             SSPSError: the finished policy is over a budget (not written as ``policy.json``).
@@ -369,6 +385,7 @@ class SSPSHook(Hook):
             raise SSPSError(f'SSPS: the finished policy is over its budget ({policy.status()}); it is not written '
                             f'as {POLICY_JSON} (snapshot: {Path(runner.work_dir) / PARTIAL_POLICY_JSON})')
         self._write_policy(runner, final=True)
+        self._final_written = True
         runner.logger.info('SSPS policy:\n' + policy.table())
         for line in cost_lines(policy):
             runner.logger.info(f'SSPS {line}')

@@ -8,8 +8,9 @@ policy's bits (one candidate per slot, no sampler, no constraint loss). Shaped l
 ``before_run``                convert the inner model with :func:`ssps_nni.convert.fixed_model`
                               (parameter names kept, so ``load_from`` an FP checkpoint loads);
                               step sizes join the task optimizer; re-wrap DDP
-``after_load_checkpoint``     drop quantizer state that does not fit the fixed model (a search
-                              supernet's per-candidate step sizes): those layers recalibrate
+``after_load_checkpoint``     from a search supernet's per-candidate step sizes keep the row of
+                              each layer's bits (the search trained them); drop quantizer state
+                              that still does not fit: those layers recalibrate
 ``before_train``              calibrate step sizes on a few training batches (LSQ init),
                               except for layers whose step sizes came from a checkpoint
 ============================  ===============================================================
@@ -32,6 +33,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from ..cell import CELL_TYPES, QuantCellMixin
+from ..checkpoint import take_candidate_rows
 from ..convert import DEFAULT_PINNED_BITS, fixed_model, parse_bits_pair, select_layers
 from ..cost import BitOpsCost, SizeCost, profile_layers
 from ..errors import CandidateError, PolicyError
@@ -179,10 +181,23 @@ class QuantPolicyHook(Hook):
                            f'{len(step_sizes)} step sizes in the task optimizer')
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        """Drop quantizer state that does not fit (a search supernet's): those layers recalibrate."""
+        """Keep the search's step sizes for the policy's bits; drop what does not fit (recalibrated).
+
+        A search checkpoint holds one step size per candidate bit-width and layer: each layer's
+        row of its policy bits is kept (:func:`ssps_nni.checkpoint.take_candidate_rows`, the
+        candidates being the policy's), so the QAT continues from the step sizes the search
+        trained. Quantizer state that still does not fit the fixed model (another candidate
+        list, ``uniform`` bits) is dropped: those layers are calibrated in ``before_train``.
+        """
         state = checkpoint.get('state_dict', checkpoint)
         if not self.cells or not isinstance(state, dict):
             return
+        supernet = [n for n in self.cells if getattr(state.get(f'{n}.w_scale'), 'shape', (1,))[0] != 1
+                    or getattr(state.get(f'{n}.a_scale'), 'shape', (1,))[0] != 1]
+        if supernet:
+            taken = set(take_candidate_rows(state, {n: self.cells[n] for n in supernet}, self.policy.candidates))
+            runner.logger.info(f'QAT: search checkpoint: the step sizes of the policy\'s bits taken for {len(taken)} '
+                               f'of its {len(supernet)} per-candidate layers')
         own = self._inner.state_dict()
         dropped = []
         for name in self.cells:
@@ -193,7 +208,7 @@ class QuantPolicyHook(Hook):
                 dropped.append(name)
         if dropped:
             runner.logger.info(f'QAT: checkpoint step sizes of {len(dropped)} layers do not fit the fixed '
-                               'model (a search supernet?); they are recalibrated')
+                               'model (another candidate list?); they are recalibrated')
 
     def before_train(self, runner) -> None:
         """LSQ-initialise the step sizes not loaded from a checkpoint, on a few training batches."""

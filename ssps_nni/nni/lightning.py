@@ -18,10 +18,12 @@ gradients to find it); Lightning then saves no checkpoint. A search with nothing
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
+from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
 from ..search import SSPSSearch
@@ -115,8 +117,20 @@ class SSPSLightningModule(DartsLightningModule):
         self.log_dict({f"ssps/{k}": float(v) for k, v in stats.items()}, on_step=True, on_epoch=False)
         if fixed or batch_idx % self.log_prob_every_n_step == 0:
             self.log_probs({k: {v: float(p.detach()) for v, p in d.items()} for k, d in self.export_probs().items()})
-        if self.search.done:
-            self.trainer.should_stop = True
+        if self.search.done and not self.search.finished:
+            self._stop_at_decision(steps_done)
+
+    def _stop_at_decision(self, steps_done: int) -> None:
+        """Every decision made: the budget fill now (the policy is final) and the fit ends after
+        this batch (``trainer.should_stop``, read by Lightning after every batch); a checkpoint
+        callback saves this state as at any end of training."""
+        self.search.finish()
+        self.trainer.should_stop = True
+        planned = self.trainer.estimated_stepping_batches
+        left = f'{int(planned) - steps_done} of {int(planned)} planned steps not run' \
+            if math.isfinite(planned) and planned > steps_done else 'this is the last planned step'
+        rank_zero_info(f"SSPS: every decision made at step {steps_done}, the policy is final (budget fill "
+                       f"applied); training stops now: {left}")
 
     def _log_details(self, details: dict) -> None:
         self.log_dict({f"penalty/{k}": float(v) for k, v in details.items()}, on_step=True, on_epoch=False)
@@ -132,8 +146,9 @@ class SSPSLightningModule(DartsLightningModule):
         return self.training_module.on_validation_epoch_end()
 
     def on_train_end(self):
-        """When every decision is made or the planned search is over, finish: fix what is left
-        (guarded, repaired if needed) and fill the budget; the policy is then final.
+        """When the planned search is over (or every decision is made, if not finished at that
+        step already), finish: fix what is left (guarded, repaired if needed) and fill the
+        budget; the policy is then final.
 
         A fit stopped earlier (the trainer's ``max_epochs`` below the search length) leaves the
         open decisions open, so the search can resume from its checkpoint.

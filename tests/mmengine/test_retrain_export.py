@@ -1,8 +1,8 @@
 """From policy to deployable model on real CIFAR-10: search -> retrain -> ONNX -> onnxruntime.
 
 The policy is the tiny search's (``full_run``, ``ssps search``). ``ssps train --policy``
-retrains it for one short epoch from the search checkpoint (its per-candidate step sizes do not
-fit the fixed model, so they are recalibrated); ``ssps export --config`` exports the
+retrains it for one short epoch from the search checkpoint (each layer keeps the search's step
+sizes of its policy bits, a row of its per-candidate ones); ``ssps export --config`` exports the
 retrained mmengine checkpoint; onnxruntime then runs the 1,000 test images of the shipped subset
 and is compared with the PyTorch fake-quantized model, built independently from the config, the
 policy and the checkpoint (``load_state_dict(strict=True)``).
@@ -116,7 +116,8 @@ def test_retrained_model_reports_cost_and_accuracy(retrained, full_run):
     assert res['bitops']['fp32'] == pytest.approx(policy.meta['totals']['bitops']['references']['fp32'], rel=1e-9)
     assert load_policy(res['qat_policy']).bits() == policy.bits()
     out = (work_dir / 'stdout.txt').read_text()
-    assert 'recalibrated' in out and 'GBitOPs' in out and 'accuracy/top1' in out
+    assert 'taken for 18 of its 18 per-candidate layers' in out and 'step sizes from the checkpoint' in out
+    assert 'GBitOPs' in out and 'accuracy/top1' in out
     ckpt = torch.load(res['checkpoint'], map_location='cpu')
     groups = ckpt['optimizer']['param_groups']
     assert len(groups) == 2 and groups[1]['weight_decay'] == 0  # step sizes: their own group

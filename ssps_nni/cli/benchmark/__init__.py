@@ -35,6 +35,12 @@ Sections (results and the exact commands are in docs/benchmarks.md):
     budget, a random policy within the budget and the sensitivity policy
     (``ssps search --method random|sensitivity``), all retrained on one schedule.
 
+``time-to-model`` (only when named)
+    The wall time to a deployable model and its accuracy, at equal total training steps: the
+    SSPS search (ending at its last decision) continued by QAT from its own checkpoint, against
+    the sensitivity policy and the best uniform policies, each then QAT from FP32; paired seeds
+    at the ``2.5-bit`` and W3A3 budgets (``time_to_model.py``).
+
 Runs of the mmengine sections are cached under ``OUT/runs/<name>``: an interrupted benchmark
 run again with the same settings reuses every finished run and redoes the unfinished one.
 Results go to ``OUT/results.json`` and ``OUT/results.md`` (written atomically).

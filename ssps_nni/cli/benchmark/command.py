@@ -18,12 +18,13 @@ from pathlib import Path
 from ..common import REPO as ROOT
 from ..common import InputError, fail
 from .budgets import shipped_fp32
-from .common import MIDPOINT, MODES, SECTIONS, STANDARD_FP32, environment
+from .common import DEFAULT_SECTIONS, MIDPOINT, MMENGINE_SECTIONS, MODES, SECTIONS, STANDARD_FP32, environment
 from .experiments import Experiments
 from .quality import quality
 from .report import markdown
 from .sequential import sequential
 from .step_cost import NETWORKS, step_cost
+from .time_to_model import time_to_model
 
 PROG = 'ssps benchmark'
 
@@ -34,7 +35,7 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog, description=doc.split('\n', 1)[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('sections', nargs='*', metavar='SECTION',
-                        help=f'any of {", ".join(SECTIONS)} (default: all)')
+                        help=f'any of {", ".join(SECTIONS)}, or all (default: {", ".join(DEFAULT_SECTIONS)})')
     size = parser.add_mutually_exclusive_group()
     size.add_argument('--quick', action='store_true', help='reduced settings for 2 CPU cores (documented)')
     size.add_argument('--standard', action='store_true',
@@ -64,7 +65,8 @@ def resolve(args) -> tuple[str, dict, list[str], str, str | None]:
     bad = [s for s in args.sections if s not in SECTIONS and s != 'all']
     if bad:
         raise InputError(f'unknown section {bad[0]!r}; accepted: {", ".join(SECTIONS)} or all')
-    sections = [s for s in SECTIONS if not args.sections or 'all' in args.sections or s in args.sections]
+    sections = [s for s in SECTIONS if (not args.sections and s in DEFAULT_SECTIONS) or 'all' in args.sections
+                or s in args.sections]
     mode = 'smoke' if args.smoke else 'quick' if args.quick else 'standard' if args.standard else 'full'
     settings = copy.deepcopy(MODES[mode])
     if args.networks is not None:
@@ -94,7 +96,7 @@ def resolve(args) -> tuple[str, dict, list[str], str, str | None]:
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     if device == 'cuda' and not torch.cuda.is_available():
         raise InputError('--device cuda: no CUDA device is available; use --device cpu')
-    mmengine_sections = set(sections) & {'sequential', 'quality'}
+    mmengine_sections = set(sections) & set(MMENGINE_SECTIONS)
     if args.fp32_checkpoint is not None and mode != 'standard':
         raise InputError('--fp32-checkpoint is used only by --standard (the other modes train their FP32 start)')
     if 'checkpoint' in settings['fp32'] and mmengine_sections:
@@ -112,8 +114,9 @@ def resolve(args) -> tuple[str, dict, list[str], str, str | None]:
                              'or use --quick (the shipped subset)')
         data_root = str(Path(data_root).resolve())
     elif args.data_root:
-        raise InputError('--data-root is used only by the sequential and quality sections in full and standard '
-                         'modes; --quick and --smoke use the shipped CIFAR-10 subset, step-cost uses no data root')
+        raise InputError('--data-root is used only by the sequential, quality and time-to-model sections in full '
+                         'and standard modes; --quick and --smoke use the shipped CIFAR-10 subset, step-cost uses no '
+                         'data root')
     return mode, settings, sections, device, data_root
 
 
@@ -168,13 +171,13 @@ def main(argv=None, prog: str = PROG) -> int:
     if 'step-cost' in sections:
         start = time.perf_counter()
         save('step-cost', step_cost(settings, device, log), time.perf_counter() - start)
-    if set(sections) & {'sequential', 'quality'}:
+    if set(sections) & set(MMENGINE_SECTIONS):
         os.chdir(ROOT)  # the configs' relative paths (data/, mmdet_configs/)
         exp = Experiments(settings, out, data_root, log)
-        for name, run in (('quality', quality), ('sequential', sequential)):
+        for name, run in (('quality', quality), ('sequential', sequential), ('time-to-model', time_to_model)):
             if name in sections:  # seconds of this call's runs (reused runs cost nothing)
                 start = time.perf_counter()
-                if name == 'quality':  # partial results after every finished run
+                if name in ('quality', 'time-to-model'):  # partial results after every finished run
                     value = run(exp, lambda partial, t=start: save(name, partial, time.perf_counter() - t))
                 else:
                     value = run(exp)

@@ -14,7 +14,13 @@ from pathlib import Path
 
 from ..common import REPO as ROOT
 
-SECTIONS = ('step-cost', 'sequential', 'quality')
+SECTIONS = ('step-cost', 'sequential', 'quality', 'time-to-model')
+#: What runs when no section is named (time-to-model only when named: hours of training on a CPU).
+DEFAULT_SECTIONS = ('step-cost', 'sequential', 'quality')
+#: The sections made of mmengine runs (``ssps search`` / ``ssps train``), which share the cached runs.
+MMENGINE_SECTIONS = ('sequential', 'quality', 'time-to-model')
+#: Budgets of the time-to-model section (``MODES[mode]['ttm']``).
+TTM_BUDGETS = ('2.5-bit', 'W3A3')
 CANDIDATE_SETS = {2: (4, 8), 4: (2, 4, 6, 8), 6: (2, 3, 4, 5, 6, 8)}
 UNIFORM_BUDGETS = ('W2A2', 'W3A3', 'W4A4')
 MIB = 2 ** 20
@@ -36,12 +42,12 @@ MODES = {
         networks=('resnet20', 'resnet18'), candidates=(2, 4, 6), warmup=3, steps=20,
         config='mmdet_configs/cifar10_resnet20_ssps_folder.py', seeds=(0, 1, 2),
         fp32=dict(epochs=200, lr=0.1), search=dict(epochs=30, lr=0.01), retrain=dict(epochs=30, lr=0.01),
-        budgets=UNIFORM_BUDGETS, methods=('uniform', 'ssps')),
+        budgets=UNIFORM_BUDGETS, methods=('uniform', 'ssps'), ttm=dict(budgets=TTM_BUDGETS)),
     'quick': dict(
         networks=('resnet20', 'resnet18'), candidates=(2, 4, 6), warmup=2, steps=8, steps_resnet18=(1, 3),
         config='mmdet_configs/cifar10_resnet20_ssps_subset.py', seeds=(0, 1),
         fp32=dict(epochs=4, lr=0.05), search=dict(epochs=1, lr=0.01), retrain=dict(epochs=1, lr=0.01),
-        budgets=UNIFORM_BUDGETS, methods=('uniform', 'ssps')),
+        budgets=UNIFORM_BUDGETS, methods=('uniform', 'ssps'), ttm=dict(budgets=TTM_BUDGETS)),
     # The quality instrument: full CIFAR-10 from the shipped FP32 checkpoint (FP32 is not trained:
     # its top-1 is read from the JSON beside it); every policy retrained from it on one schedule.
     # About 6-7 minutes per search or retraining on 2 CPU cores, a few hours in all (cached runs,
@@ -50,13 +56,13 @@ MODES = {
         networks=('resnet20', 'resnet18'), candidates=(2, 4, 6), warmup=2, steps=8, steps_resnet18=(1, 3),
         config='mmdet_configs/cifar10_resnet20_ssps_folder.py', seeds=(0, 1), sensitivity_seeds=1, uniform_seeds=1,
         fp32=dict(checkpoint=STANDARD_FP32), search=dict(epochs=1, lr=0.01), retrain=dict(epochs=1, lr=0.01),
-        budgets=('W3A3', MIDPOINT, 'W4A4'), methods=QUALITY_METHODS),
+        budgets=('W3A3', MIDPOINT, 'W4A4'), methods=QUALITY_METHODS, ttm=dict(budgets=TTM_BUDGETS)),
     # Only keeps the benchmark working (the test suite): every code path, numbers meaningless.
     'smoke': dict(
         networks=('resnet20',), candidates=(2,), warmup=1, steps=1, batch=8,
         config='mmdet_configs/cifar10_resnet20_ssps_subset.py', seeds=(0,),
         fp32=dict(epochs=1, lr=0.05), search=dict(epochs=2, lr=0.01), retrain=dict(epochs=1, lr=0.01),
-        budgets=('W4A4',), methods=QUALITY_METHODS, sensitivity_batches=2,
+        budgets=('W4A4',), methods=QUALITY_METHODS, sensitivity_batches=2, ttm=dict(budgets=('W4A4',)),
         train_indices=list(range(0, 5000, 200)), test_indices=list(range(0, 1000, 50))),
 }
 

@@ -5,6 +5,7 @@ by its settings and gets it from the :class:`~ssps_nni.cli.benchmark.runs.RunCac
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -37,7 +38,7 @@ class Experiments:
     def budgets(self) -> dict:
         """:func:`budget_table` of the quality budgets (and W4A4, the sequential section's)."""
         if self._budgets is None:
-            labels = list(dict.fromkeys([*self.s['budgets'], 'W4A4']))
+            labels = list(dict.fromkeys([*self.s['budgets'], *self.s.get('ttm', {}).get('budgets', ()), 'W4A4']))
             self._budgets = budget_table(self.config, labels)
         return self._budgets
 
@@ -108,6 +109,33 @@ class Experiments:
         return self.cache.get(f'retrain_uniform_{pair}_s{seed}', self._settings(
             phase=phase, fp32=self._fp32_key(), mode=mode, seed=seed), lambda d: train_run(
             d, self.config, self.options(phase), seed, mode, fp32['checkpoint']))
+
+    # -- time to a deployable model (section time-to-model) ----------------------------------------
+
+    def _ttm_search_settings(self, budget: str, seed: int) -> dict:
+        return self._settings(phase=self.s['search'], fp32=self._fp32_key(), **self._budget_settings(budget),
+                              seed=seed, section='time-to-model')
+
+    def ttm_search(self, budget: str, seed: int) -> dict:
+        """The SSPS search of the time-to-model section: it ends at its last decision (step ``steps``)
+        and its checkpoint of that step (``checkpoint``) is where its QAT continues."""
+        fp32, phase = self.fp32(), self.s['search']
+        return self.cache.get(f'ttm_search_{budget}_s{seed}', self._ttm_search_settings(budget, seed), lambda d: search_run(
+            d, self.config, self.options(phase), seed, self.budget_arg(budget), True, fp32['checkpoint']))
+
+    def ttm_qat(self, name: str, mode: list[str], seed: int, steps: int, iters_per_epoch: int,
+                search: tuple[str, int] | None = None) -> dict:
+        """``ssps train`` for exactly ``steps`` iterations at the retraining learning rate, cosine
+        over those iterations; from the FP32 start, or with ``search=(budget, seed)`` from that
+        :meth:`ttm_search`'s checkpoint (its weights and step sizes)."""
+        phase = self.s['retrain']
+        epochs = math.ceil(steps / iters_per_epoch)
+        options = self.options(dict(phase, epochs=epochs)) + [
+            f'train_cfg.max_iters={steps}', 'param_scheduler.by_epoch=False', f'param_scheduler.T_max={steps}']
+        start = self.ttm_search(*search)['checkpoint'] if search else self.fp32()['checkpoint']
+        origin = self._ttm_search_settings(*search) if search else self._fp32_key()
+        settings = self._settings(phase=phase, steps=steps, mode=mode, seed=seed, start=origin)
+        return self.cache.get(name, settings, lambda d: train_run(d, self.config, options, seed, mode, start))
 
     def retrain(self, what: str, budget: str, seed: int, sequential: bool = True) -> dict:
         """``what``: ``'uniform'`` (``--uniform budget``) or a method's policy at ``budget``

@@ -68,6 +68,31 @@ def quality_lines(q: dict, seeds: str) -> list[str]:
     return lines
 
 
+def ttm_lines(t: dict) -> list[str]:
+    """The time-to-model table: phases' wall seconds, steps, top-1 and its paired difference to uniform."""
+    fp32 = t['fp32']
+    head = (f'Seeds {", ".join(map(str, t["seeds"]))}, paired (every row runs the same seeds); FP32 start top-1 '
+            f'{fp32["top1"]:.2f} %; {t["test_images"]:,} test images. Equal total training steps per row: search '
+            'steps + QAT steps. Wall seconds of each phase, mean ± std over seeds: policy (the search, which ends at '
+            'its last decision, or the sensitivity measurement), QAT training, test. Δ top-1: the paired difference '
+            'to the best uniform row of the budget, mean ± standard error over seeds.')
+    if t.get('complete') is False:
+        head += ' **Partial: the benchmark is still running or was stopped.**'
+    lines = [head, '', '| budget | method | steps (policy + QAT) | policy s | QAT s | test s | total s | top-1 % | '
+             'Δ top-1 vs uniform | cost / target |', '|---|---|---|---|---|---|---|---|---|---|']
+    for r in t['rows']:
+        target = t['budgets'][r['budget']]['target']
+        d = r.get('vs_uniform')
+        delta = 'reference' if d is None and r.get('reference') == r['method'] else 'n/a' if d is None else (
+            f'{d["mean"]:+.2f}' + (f' ± {d["se"]:.2f}' if d.get('se') is not None else '') + f' (n={d["n"]})')
+        steps = f'{_pm(r["policy_steps"], "{:.0f}")} + {_pm(r["qat_steps"], "{:.0f}")}'
+        lines.append(f'| {r["budget"]} ({target / 1e9:.4f} G) | {r["method"]} | {steps} | '
+                     f'{_pm(r["policy_s"], "{:.0f}")} | {_pm(r["qat_s"], "{:.0f}")} | {_pm(r["test_s"], "{:.0f}")} | '
+                     f'{_pm(r["total_s"], "{:.0f}")} | {_pm(r["top1"])} | {delta} | {_pm(r["cost_ratio"], "{:.3f}")} |')
+    lines.append('')
+    return lines
+
+
 def markdown(results: dict) -> str:
     """The result tables (the body of docs/benchmarks.md's results)."""
     env = results['environment']
@@ -116,4 +141,7 @@ def markdown(results: dict) -> str:
     if 'quality' in results:
         lines += header('Quality at equal BitOPs (real CIFAR-10, ResNet-20)', 'quality') + quality_lines(
             results['quality'], seeds('quality'))
+    if 'time-to-model' in results:
+        lines += header('Time to a deployable model (real CIFAR-10, ResNet-20)', 'time-to-model') + ttm_lines(
+            results['time-to-model'])
     return '\n'.join(lines)

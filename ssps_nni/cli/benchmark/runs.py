@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .. import search as search_cli
+from ..search_start import search_checkpoint
 from .. import train as train_cli
 
 def schedule_options(settings: dict, phase: dict, data_root: str | None) -> list[str]:
@@ -109,7 +110,8 @@ def train_run(folder: Path, config: str, options: list[str], seed: int, mode: li
     res = json.loads((folder / 'train_result.json').read_text())
     return {'top1': res['metrics'].get('accuracy/top1'), 'bitops': res['bitops']['value'],
             'size': res['size']['value'], 'checkpoint': res['checkpoint'], 'metrics': res['metrics'],
-            'qat_policy': res.get('qat_policy')}
+            'qat_policy': res.get('qat_policy'), 'train_s': res.get('train_s'),
+            'test_s': res.get('test_s')}
 
 
 def search_run(folder: Path, config: str, options: list[str], seed: int, budget_arg: str,
@@ -172,7 +174,8 @@ def search_run(folder: Path, config: str, options: list[str], seed: int, budget_
             'cost_ratio': totals['policy'] / totals['target'], 'steps': trace.steps, 'stable_step': stable,
             'policy_changes': len(trace.changes), 'final_step': decided_step if sequential else trace.steps,
             'final_s': decided_s if sequential else trace.last_step_s, 'search_s': wall,
-            'repaired': policy.meta['repaired']}
+            'repaired': policy.meta['repaired'], 'iters_per_epoch': len(runner.train_dataloader),
+            'checkpoint': search_checkpoint(str(folder / 'policy.json'))}
 
 
 def policy_run(folder: Path, config: str, options: list[str], seed: int, budget_arg: str, method: str,
