@@ -4,6 +4,7 @@
     ssps train [CONFIG] --policy P.json     # retrain it (QAT), or --uniform WxAy, or FP32
     ssps export --policy P.json ...         # ONNX with QuantizeLinear/DequantizeLinear
     ssps report P.json [...] --out DIR      # tables and figures of several policies
+    ssps sensitivity [CONFIG] [--checkpoint] # per-layer sensitivity, predicted vs measured
     ssps benchmark [SECTION ...]            # the benchmarks of docs/benchmarks.md
 
 Each subcommand is a module of ``ssps_nni.cli`` with a ``main(argv, prog)``, imported only when
@@ -23,6 +24,7 @@ COMMANDS = {
     'train': ('train', 'retrain a policy with quantization-aware training (or a uniform WxAy, or FP32), then test'),
     'export': ('export', 'export a policy and its checkpoint to ONNX (QuantizeLinear/DequantizeLinear)'),
     'report': ('report', 'compare policies: Markdown and CSV tables of bits and costs, figures'),
+    'sensitivity': ('sensitivity', 'per-layer sensitivity: predicted against measured loss increase per candidate'),
     'benchmark': ('benchmark', 'step cost, sequential determination and quality benchmarks (docs/benchmarks.md)'),
 }
 
