@@ -92,7 +92,9 @@ def measured_increase(search, loss_fn: Callable[[object], torch.Tensor], batches
     Returns:
         ``{'w': (L, n_w), 'a': (L, n_a)}`` float64 mean loss increases (loss units; 0 for a
         32-bit candidate). Every candidate is measured, also those a decision no longer allows
-        (a finished search's decisions allow one; its running scores still cover all). ``'base'`` the mean loss of the reference network,
+        (a finished search's decisions allow one; its running scores still cover all).
+        ``'se'``: ``{slot: (L, n)}`` standard error of that mean over the batches (paired
+        differences; NaN with one batch). ``'base'`` the mean loss of the reference network,
         ``'forwards'`` the number of forward passes and ``'seconds'`` the time taken.
 
     Raises:
@@ -108,19 +110,20 @@ def measured_increase(search, loss_fn: Callable[[object], torch.Tensor], batches
     sampler = space.sampler
     start = time.perf_counter()
     out = {s: torch.zeros(tuple(sampler.logits[s].shape), dtype=torch.float64) for s in SLOTS}
+    se = {s: torch.full(tuple(sampler.logits[s].shape), float("nan"), dtype=torch.float64) for s in SLOTS}
     forwards = 0
 
-    def mean_loss() -> float:
+    def losses() -> torch.Tensor:
         nonlocal forwards
         forwards += len(batches)
-        return sum(float(loss_fn(b)) for b in batches) / len(batches)
+        return torch.tensor([float(loss_fn(b)) for b in batches], dtype=torch.float64)
 
     was_training, float_forward = model.training, sampler.float_forward
     model.eval()
     sampler.float_forward = reference == "float"
     try:
         with torch.no_grad():
-            base = mean_loss()
+            base = losses()
             for l, name in enumerate(space.searched):
                 cell = space.cells[name]
                 for slot in SLOTS:
@@ -128,16 +131,19 @@ def measured_increase(search, loss_fn: Callable[[object], torch.Tensor], batches
                         ref = base
                     else:
                         with operand_override(cell, slot, -1):
-                            ref = mean_loss()
+                            ref = losses()
                     for j, bits in enumerate(cell.candidates(slot)):
                         if bits >= FLOAT_BITS:
                             continue
                         with operand_override(cell, slot, j):
-                            out[slot][l, j] = mean_loss() - ref
+                            diff = losses() - ref  # paired: the same batches
+                        out[slot][l, j] = diff.mean()
+                        if len(batches) > 1:
+                            se[slot][l, j] = diff.std() / len(batches) ** 0.5
                 if progress is not None:
                     progress(f"{name}: {forwards} forwards, {time.perf_counter() - start:.0f} s")
     finally:
         sampler.float_forward = float_forward
         model.train(was_training)
-    out.update(base=base, forwards=forwards, seconds=time.perf_counter() - start)
+    out.update(base=float(base.mean()), se=se, forwards=forwards, seconds=time.perf_counter() - start)
     return out

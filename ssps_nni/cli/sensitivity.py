@@ -204,7 +204,7 @@ def run(cfg, args) -> dict:
         first, truth = cached['first'], cached['truth']
         scored = ready + cached['score_s']
     columns = {'fisher': first['squared'], 'first_order': first['signed'],
-               'measured': {s: truth[s] for s in SLOTS}}
+               'measured': {s: truth[s] for s in SLOTS}, 'measured_se': truth.get('se')}
     comparisons = {'Float model: squared score (sensitivity method) vs measured': ('fisher', 'measured'),
                    'Float model: signed first-order score vs measured': ('first_order', 'measured')}
     meta = {'command': 'ssps sensitivity ' + ' '.join(args.argv), 'config': args.config,
@@ -216,7 +216,9 @@ def run(cfg, args) -> dict:
             'measure_s': round(truth['seconds'], 1), 'measure_forwards': truth['forwards']}
     factors = calibration_factors(first['squared'], truth, space.candidates)
     columns['calibrated'] = calibrated(first['squared'], factors)
-    meta['calibration_factors'] = {s: [round(float(v), 6) for v in f] for s, f in factors.items()}
+    meta['calibration_factors'] = {s: round(float(f[0]), 6) for s, f in factors.items()}
+    per_bit = calibration_factors(first['squared'], truth, space.candidates, per_bit=True)
+    meta['calibration_factors_per_bit'] = {s: [round(float(v), 6) for v in f] for s, f in per_bit.items()}
     if args.policies_at:
         meta['policies'] = write_policies(search, args.policies_at, columns, Path(args.out) / 'policies', log)
     if args.checkpoint:
@@ -224,6 +226,7 @@ def run(cfg, args) -> dict:
         at = measured_increase(search, loss, measure, 'policy', progress=log)
         columns['search_D'] = {s: search.scores.value(s) for s in SLOTS}
         columns['measured_search'] = {s: at[s] for s in SLOTS}
+        columns['measured_search_se'] = at['se']
         comparisons['Search state: running score D vs measured from the search policy'] = ('search_D', 'measured_search')
         meta.update(checkpoint=args.checkpoint, checkpoint_step=int(state['step']),
                     search_policy=' '.join(f'{n}:W{w}A{a}' for n, (w, a) in space.bits().items()

@@ -153,3 +153,76 @@ def test_policies_at_budgets_equal_fresh_solves():
             {n: (e["w_bits"], e["a_bits"]) for n, e in expected.layers.items()}
         assert policy.meta["budgets"][0]["spec"] == budget and policy.meta["final"]
     assert found["bitops=W2A2"].layers["dw"]["w_bits"] == 2  # W2A2 leaves one policy
+
+
+def test_calibration_factors_on_hand_numbers():
+    from ssps_nni.score_calibration import calibrated, calibration_factors, scores_of_kind
+
+    cands = {"w": (2, 4, 32), "a": (2, 4, 32)}
+    pred = {"w": torch.tensor([[1.0, 0.5, 0.0], [3.0, 0.5, 0.0]]), "a": torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])}
+    meas = {"w": torch.tensor([[2.0, 1.0, 0.0], [6.0, -1.0, 0.0]]), "a": torch.tensor([[4.0, -1.0, 0.0], [4.0, -1.0, 0.0]])}
+    pooled = calibration_factors(pred, meas, cands)
+    assert pooled["w"].tolist() == pytest.approx([8 / 5] * 3)  # (2 + 6 + 1 - 1) / (1 + 3 + 0.5 + 0.5)
+    assert pooled["a"].tolist() == pytest.approx([6 / 4] * 3)
+    per_bit = calibration_factors(pred, meas, cands, per_bit=True)
+    assert per_bit["w"].tolist() == pytest.approx([2.0, 0.0, 8 / 5])  # 4 bits: measured sum 0 -> 0; 32: pooled
+    assert per_bit["a"].tolist() == pytest.approx([4.0, 0.0, 6 / 4])
+    assert calibrated(pred, pooled)["a"][0, 0] == pytest.approx(1.5)
+    assert torch.equal(scores_of_kind("measured", pred, meas, cands)["w"], meas["w"].double())
+    with pytest.raises(ValueError, match="need the measured"):
+        scores_of_kind("calibrated", pred, None, cands)
+    with pytest.raises(ValueError, match="cannot calibrate the a scores"):
+        calibration_factors(pred, {"w": meas["w"], "a": -meas["a"].abs()}, cands)
+
+
+def test_score_scale_multiplies_the_running_estimate_and_survives_resume():
+    from ssps_nni.scores import ScoreAverage
+
+    avg = ScoreAverage({"w": (2, 3), "a": (2, 3)}, ema=0.0)
+    masks = {s: torch.ones(2, 3, dtype=torch.bool) for s in SLOTS}
+    avg.update({"w": torch.ones(2, 3), "a": torch.full((2, 3), 2.0)}, masks)
+    assert avg.value("a")[0, 0] == pytest.approx(4.0)
+    avg.set_scale({"w": torch.tensor([1.0, 1.0, 1.0]), "a": torch.tensor([3.0, 3.0, 3.0])})
+    assert avg.value("a")[0, 0] == pytest.approx(12.0) and avg.value("w")[0, 0] == pytest.approx(1.0)
+    other = ScoreAverage({"w": (2, 3), "a": (2, 3)}, ema=0.0)
+    other.load_state_dict(avg.state_dict())
+    assert tensors_equal(other.value("a"), avg.value("a"))
+
+
+def test_calibrate_search_scales_the_scores_by_the_measured_ratio():
+    from ssps_nni.score_calibration import calibrate_search, calibration_factors
+    from ssps_nni.search_config import SearchConfig
+
+    model, search = prepared()
+    data = batches(2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    info = calibrate_search(search, loss_fn(model), data[:1], data[1:])
+    assert tensors_equal(model.state_dict(), before)
+    first = first_order_scores(search, loss_fn(model), data[:1], 1)
+    truth = measured_increase(search, loss_fn(model), data[1:], "float")
+    expected = calibration_factors(first["squared"], truth, search.space.candidates)
+    for s in SLOTS:
+        assert info["factors"][s] == pytest.approx(expected[s].tolist(), rel=1e-9)
+        assert tensors_equal(search.scores.scale[s], expected[s])
+    assert info["forwards"] == 1 + 1 + 2 * 6 and info["backwards"] == 1
+    with pytest.raises(ValueError, match="score_calibration"):
+        SearchConfig(score_calibration="fisher")
+
+
+def test_search_cli_scores_options_are_checked_before_anything_loads():
+    from argparse import Namespace
+
+    from ssps_nni.cli.common import InputError
+    from ssps_nni.cli.search import check_args, parse_args
+
+    args = parse_args(["--method", "sensitivity", "--scores", "measured"])
+    check_args(args)
+    assert (args.scores, args.measure_batches, args.sensitivity_batches) == ("measured", 4, 128)
+    args = parse_args(["--method", "sensitivity"])
+    check_args(args)
+    assert args.scores == "fisher"
+    for argv, message in ((["--scores", "measured"], "only by --method sensitivity"),
+                          (["--method", "sensitivity", "--measure-batches", "0"], "must be >= 1")):
+        with pytest.raises(InputError, match=message):
+            check_args(parse_args(argv))
+    assert isinstance(parse_args([]), Namespace)
