@@ -21,13 +21,14 @@ from .sampler import SLOTS
 
 __all__ = ["SCORE_KINDS", "CALIBRATIONS", "calibration_factors", "calibrated", "scores_of_kind", "calibrate_search"]
 
-#: ``SearchConfig.score_calibration``: ``'none'`` (the running scores as they are) or ``'measured'``
-#: (scaled per operand by :func:`calibrate_search` before the first step).
-CALIBRATIONS = ("none", "measured")
+#: ``SearchConfig.score_calibration``: ``'none'`` (the running scores as they are), ``'measured'``
+#: or ``'adapted'`` (scaled per operand by :func:`calibrate_search` before the first step).
+CALIBRATIONS = ("none", "measured", "adapted")
 
 #: What the sensitivity method can minimise: ``fisher`` (the squared score, §10), ``measured``
-#: (the measured loss increase) or ``calibrated`` (the squared score times the factors below).
-SCORE_KINDS = ("fisher", "measured", "calibrated")
+#: (the measured loss increase), ``calibrated`` (the squared score times the factors below) or
+#: ``adapted`` (the squared score times the factors of :func:`ssps_nni.adapted.adapted_factors`).
+SCORE_KINDS = ("fisher", "measured", "calibrated", "adapted")
 
 
 def calibration_factors(predicted: dict, measured: dict, candidates: dict, per_bit: bool = False) -> dict[str, torch.Tensor]:
@@ -72,16 +73,26 @@ def calibrated(predicted: dict, factors: dict) -> dict[str, torch.Tensor]:
     return {s: predicted[s].double() * factors[s].double().to(predicted[s].device) for s in SLOTS}
 
 
-def scores_of_kind(kind: str, fisher: dict, measured: dict | None, candidates: dict) -> dict[str, torch.Tensor]:
+def scores_of_kind(kind: str, fisher: dict, measured: dict | None, candidates: dict,
+                   adapted: dict | None = None) -> dict[str, torch.Tensor]:
     """The sensitivity method's scores of ``kind`` (:data:`SCORE_KINDS`).
 
+    Args:
+        adapted: ``{'w': float, 'a': float}`` of :func:`ssps_nni.adapted.adapted_increase` (kind ``adapted``).
+
     Raises:
-        ValueError: unknown kind, or ``measured`` missing for a kind that needs it.
+        ValueError: unknown kind, or ``measured`` / ``adapted`` missing for a kind that needs it.
     """
     if kind not in SCORE_KINDS:
         raise ValueError(f"unknown scores {kind!r}; accepted: {', '.join(SCORE_KINDS)}")
     if kind == "fisher":
         return {s: fisher[s].double() for s in SLOTS}
+    if kind == "adapted":
+        from .adapted import adapted_factors
+
+        if adapted is None:
+            raise ValueError("scores 'adapted' need the loss increase after adaptation")
+        return calibrated(fisher, adapted_factors(fisher, adapted, candidates))
     if measured is None:
         raise ValueError(f"scores {kind!r} need the measured loss increase")
     if kind == "measured":
@@ -89,29 +100,49 @@ def scores_of_kind(kind: str, fisher: dict, measured: dict | None, candidates: d
     return calibrated(fisher, calibration_factors(fisher, measured, candidates))
 
 
-def calibrate_search(search, loss_fn, score_batches: list, measure_batches: list) -> dict:
+def calibrate_search(search, loss_fn, score_batches: list, measure_batches: list, mode: str = "measured",
+                     train_batches: list | None = None, steps: int = 100) -> dict:
     """Fit the per-operand factors on the float model and scale the search's running scores (§10.2).
 
     Call after :meth:`~ssps_nni.search.SSPSSearch.prepare` and before the first step. The squared
-    scores of ``score_batches`` and the loss increase measured on ``measure_batches`` (one forward
-    per layer, operand, candidate and batch) give :func:`calibration_factors`; the running
-    estimate ``D`` of every later step is multiplied by them
+    scores of ``score_batches`` and, for ``mode='measured'``, the loss increase measured on
+    ``measure_batches`` (one forward per layer, operand, candidate and batch) give
+    :func:`calibration_factors`; for ``mode='adapted'``, the loss increase on ``measure_batches``
+    after ``steps`` QAT steps on ``train_batches`` per operand
+    (:func:`ssps_nni.adapted.adapted_increase`) gives :func:`ssps_nni.adapted.adapted_factors`.
+    The running estimate ``D`` of every later step is multiplied by them
     (:meth:`~ssps_nni.scores.ScoreAverage.set_scale`), so the search's step cost does not change.
     Nothing else of the search or the model changes.
 
     Returns:
         ``{'factors': {slot: [...]}, 'seconds': s, 'forwards': n, 'backwards': m}``.
+
+    Raises:
+        ValueError: an unknown mode, or ``'adapted'`` without ``train_batches``.
     """
     import time
 
-    from .proxy import measured_increase
     from .sensitivity import first_order_scores
 
+    if mode not in CALIBRATIONS[1:]:
+        raise ValueError(f"unknown calibration mode {mode!r}; accepted: {', '.join(CALIBRATIONS[1:])}")
     start = time.perf_counter()
     first = first_order_scores(search, loss_fn, score_batches, len(score_batches))
-    truth = measured_increase(search, loss_fn, measure_batches, "float")
-    factors = calibration_factors(first["squared"], truth, search.space.candidates)
+    if mode == "measured":
+        from .proxy import measured_increase
+
+        truth = measured_increase(search, loss_fn, measure_batches, "float")
+        factors = calibration_factors(first["squared"], truth, search.space.candidates)
+        forwards, backwards = truth["forwards"] + len(score_batches), len(score_batches)
+    else:
+        from .adapted import adapted_factors, adapted_increase
+
+        if not train_batches:
+            raise ValueError("calibration 'adapted' needs training batches to adapt on")
+        adapted = adapted_increase(search, loss_fn, train_batches, measure_batches, steps=steps)
+        factors = adapted_factors(first["squared"], adapted, search.space.candidates)
+        forwards = len(score_batches) + 3 * len(measure_batches) + 2 * steps
+        backwards = len(score_batches) + 2 * steps
     search.scores.set_scale(factors)
     return {"factors": {s: [float(v) for v in f] for s, f in factors.items()},
-            "seconds": time.perf_counter() - start, "forwards": truth["forwards"] + len(score_batches),
-            "backwards": len(score_batches)}
+            "seconds": time.perf_counter() - start, "forwards": forwards, "backwards": backwards}

@@ -3,7 +3,7 @@
     ssps search                       # ResNet-20 on the shipped real CIFAR-10 subset
     ssps search CONFIG [--budget bitops=W4A4] [--candidates 2,3,4,6,8]
         [--work-dir DIR] [--resume] [--seed N] [--load-from PTH] [--cfg-options KEY=VALUE ...]
-        [--method ssps|sensitivity|random] [--sensitivity-batches N] [--scores fisher|measured|calibrated]
+        [--method ssps|sensitivity|random] [--sensitivity-batches N] [--scores fisher|measured|calibrated|adapted]
 
 Built on mmengine's ``Config`` and ``Runner`` like mmpretrain's ``tools/train.py``; the search
 itself is the config's ``SSPSHook`` (added with defaults when the config has none). Inputs are
@@ -60,7 +60,7 @@ METHODS = ('ssps', 'sensitivity', 'random')
 DEFAULT_SENSITIVITY_BATCHES = 128
 DEFAULT_MEASURE_BATCHES = 4
 #: ssps_nni.score_calibration.SCORE_KINDS (that module imports torch)
-SCORE_KINDS = ('fisher', 'measured', 'calibrated')
+SCORE_KINDS = ('fisher', 'measured', 'calibrated', 'adapted')
 SSPS_TYPES = ('SSPSHook', 'ssps_nni.mmengine.SSPSHook')
 #: ``ssps_nni.mmengine.hook.HOOK_OPTIONS`` (that module loads the training stack): the hook's own
 #: keyword arguments; the rest of its options are ``SearchConfig`` fields.
@@ -91,8 +91,9 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
                              f'{DEFAULT_SENSITIVITY_BATCHES}; --method sensitivity only)')
     parser.add_argument('--scores', choices=SCORE_KINDS, default=None,
                         help='what the sensitivity method minimises: fisher (squared first-order score, default), '
-                             'measured (loss increase measured per layer, operand and candidate) or calibrated '
-                             '(fisher scaled per operand to the measured sum); --method sensitivity only')
+                             'measured (loss increase measured per layer, operand and candidate), calibrated '
+                             '(fisher scaled per operand to the measured sum) or adapted (fisher scaled per operand '
+                             'to the loss increase left after 100 QAT steps); --method sensitivity only')
     parser.add_argument('--measure-batches', type=int, metavar='N',
                         help=f'batches the loss increase is measured on for --scores measured|calibrated (default '
                              f'{DEFAULT_MEASURE_BATCHES}; each costs one forward per layer, operand and candidate)')

@@ -53,9 +53,13 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
                     help='batches of the held-out split the loss increase is measured on (default 4; '
                          'each costs one forward per layer, operand and candidate)')
     ap.add_argument('--batch-size', type=int, metavar='N', help="batch size (default: the train loader's)")
+    ap.add_argument('--adapt-steps', type=int, default=0, metavar='N',
+                    help='also the loss increase left after N QAT steps per operand (every layer at its lowest '
+                         'candidate, on fit batches; read on the held-out batches) and the adapted scores '
+                         '(default 0: not measured)')
     ap.add_argument('--policies-at', nargs='+', metavar='BUDGET',
-                    help='also write the sensitivity policy of each score kind (fisher, measured, calibrated) '
-                         'at each budget, e.g. bitops=289054720 bitops=W3A3, into OUT/policies/')
+                    help='also write the sensitivity policy of each score kind (fisher, measured, calibrated, '
+                         'adapted with --adapt-steps) at each budget, e.g. bitops=289054720 bitops=W3A3, into OUT/policies/')
     ap.add_argument('--out', help='output folder (default: work_dirs/sensitivity_<config name>)')
     args = ap.parse_args(argv)
     args.work_dir, args.resume = None, False  # the options ssps search's apply_args reads
@@ -68,6 +72,8 @@ def check_args(args) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise InputError(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+    if args.adapt_steps < 0:
+        raise InputError(f'--adapt-steps must be >= 0, got {args.adapt_steps}')
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise InputError(f'--checkpoint {args.checkpoint!r} is not a file; give a checkpoint written by ssps search '
                          '(WORK_DIR/epoch_N.pth or iter_N.pth)')
@@ -149,8 +155,9 @@ def write_policies(search, budgets, columns: dict, folder: Path, log) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     summary = {}
     for kind in SCORE_KINDS:
-        scores = {'fisher': columns['fisher'], 'measured': columns['measured'],
-                  'calibrated': columns['calibrated']}[kind]
+        scores = columns.get(kind)
+        if scores is None:
+            continue
         try:
             found = policies_at(search, scores, budgets)
         except (SSPSError, ValueError) as err:
@@ -167,10 +174,30 @@ def write_policies(search, budgets, columns: dict, folder: Path, log) -> dict:
     return summary
 
 
+def cached_adapted(search, loss, model, loader, fit, measure, args, batch_size, seed, key, log) -> dict:
+    """:func:`ssps_nni.adapted.adapted_increase` on ``--adapt-steps`` fit batches, read on ``measure``; cached."""
+    from ssps_nni.adapted import adapted_increase
+
+    cache = Path(args.out) / 'adapted_measurement.pt'
+    key = dict(key, adapt_steps=args.adapt_steps)
+    adapted = read_cache(cache, key)
+    if adapted is not None:
+        log(f'adapted loss increase read from {cache} (same settings)')
+        return adapted
+    # other fit samples than the score batches' (the seed differs)
+    train = split_batches(model, loader.dataset, loader.collate_fn, fit, args.adapt_steps, batch_size, seed + 1)
+    adapted = adapted_increase(search, loss, train, measure, steps=args.adapt_steps)
+    log(f'loss increase after {args.adapt_steps} QAT steps: weights {adapted["w"]:.4f}, activations '
+        f'{adapted["a"]:.4f} ({adapted["seconds"]:.1f} s)')
+    write_cache(cache, key, adapted)
+    return adapted
+
+
 def run(cfg, args) -> dict:
     """Measure and write the report; returns the written paths."""
     from ssps_nni.proxy import HOLDOUT_EVERY, holdout_split, measured_increase
     from ssps_nni.proxy_report import proxy_rows, write_proxy_report
+    from ssps_nni.adapted import adapted_factors
     from ssps_nni.sampler import SLOTS
     from ssps_nni.score_calibration import calibrated, calibration_factors
     from ssps_nni.sensitivity import first_order_scores
@@ -219,6 +246,13 @@ def run(cfg, args) -> dict:
     meta['calibration_factors'] = {s: round(float(f[0]), 6) for s, f in factors.items()}
     per_bit = calibration_factors(first['squared'], truth, space.candidates, per_bit=True)
     meta['calibration_factors_per_bit'] = {s: [round(float(v), 6) for v in f] for s, f in per_bit.items()}
+    if args.adapt_steps:
+        adapted = cached_adapted(search, loss, model, loader, fit, measure, args, batch_size, seed, key, log)
+        afactors = adapted_factors(first['squared'], adapted, space.candidates)
+        columns['adapted'] = calibrated(first['squared'], afactors)
+        meta.update(adapt_steps=args.adapt_steps, adapted_increase={s: round(adapted[s], 5) for s in SLOTS},
+                    adapted_factors={s: round(float(f[0]), 6) for s, f in afactors.items()},
+                    adapt_s=round(adapted['seconds'], 1))
     if args.policies_at:
         meta['policies'] = write_policies(search, args.policies_at, columns, Path(args.out) / 'policies', log)
     if args.checkpoint:

@@ -226,3 +226,37 @@ def test_search_cli_scores_options_are_checked_before_anything_loads():
         with pytest.raises(InputError, match=message):
             check_args(parse_args(argv))
     assert isinstance(parse_args([]), Namespace)
+
+
+def test_adapted_increase_is_a_short_qat_per_operand_and_restores_the_model():
+    import copy
+
+    from ssps_nni.adapted import adapted_factors, adapted_increase
+
+    model, search = prepared()
+    space, train, held = search.space, batches(2), batches(3)[2:]
+    before = copy.deepcopy(model.state_dict())
+    out = adapted_increase(search, loss_fn(model), train, held, steps=3, lr=0.05)
+    assert tensors_equal(model.state_dict(), before) and space.num_decided == 0 and model.training
+    assert out["bits"] == {"w": 2, "a": 2}
+    # the same by hand for the activations: every searched input at 2 bits, 3 SGD steps, eval loss
+    torch.manual_seed(0)
+    space.sampler.float_forward, space.sampler.signal = True, "sampled"
+    base = mean_loss(model.eval(), held)
+    for l in range(len(space.searched)):
+        space.fix(l, "a", 0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for b in [train[0], train[1], train[0]]:
+        optimizer.zero_grad()
+        loss_fn(model)(b).backward()
+        optimizer.step()
+    assert out["a"] == pytest.approx(mean_loss(model.eval(), held) - base, rel=1e-5, abs=1e-7)
+    assert out["base"] == pytest.approx(base, rel=1e-12)
+    fisher = {s: torch.ones(2, 3, dtype=torch.float64) for s in SLOTS}
+    factors = adapted_factors(fisher, {"w": 0.4, "a": 0.8}, {"w": (2, 4, 8), "a": (2, 4, 8)})
+    assert factors["w"].tolist() == pytest.approx([0.2] * 3) and factors["a"].tolist() == pytest.approx([0.4] * 3)
+    zero = adapted_factors(fisher, {"w": -0.1, "a": 0.8}, {"w": (2, 4, 8), "a": (2, 4, 8)})
+    assert zero["w"].tolist() == [0.0] * 3  # no loss left after adaptation: free
+    with pytest.raises(ValueError, match="no operand's loss increased"):
+        adapted_factors(fisher, {"w": -0.1, "a": 0.0}, {"w": (2, 4, 8), "a": (2, 4, 8)})

@@ -49,3 +49,34 @@ def test_resume_keeps_the_checkpoint_factors(tmp_path, monkeypatch):
     scale = hook_of(resumed).search.scores.scale
     assert hook_of(resumed).search.step == 8
     assert all(torch.equal(scale[s], saved[s]) for s in ('w', 'a'))
+
+
+def test_adapted_calibration_takes_the_short_qat_increase(tmp_path, monkeypatch):
+    """The hook's wiring of 'adapted': factors = increase after adaptation / predicted sum at the lowest bits.
+
+    (The untrained toy model's loss falls when adapted, so the QAT itself is replaced by known
+    increases here; tests/core/test_proxy.py checks ``adapted_increase`` against a QAT by hand.)
+    """
+    import ssps_nni.adapted as adapted
+    import ssps_nni.sensitivity as sensitivity
+
+    seen = {}
+    real_scores = sensitivity.first_order_scores
+
+    def scores(*args, **kwargs):
+        seen['fisher'] = real_scores(*args, **kwargs)
+        return seen['fisher']
+
+    def fake(search, loss_fn, train_batches, eval_batches, steps=100, **kwargs):
+        seen['steps'], seen['train'] = steps, len(train_batches)
+        return {'w': 0.1, 'a': 0.3, 'bits': {'w': 2, 'a': 2}, 'base': 1.0, 'seconds': 0.0}
+
+    monkeypatch.setattr(sensitivity, 'first_order_scores', scores)
+    monkeypatch.setattr(adapted, 'adapted_increase', fake)
+    runner = toy_runner(tmp_path, max_iters=3, score_calibration='adapted', stop_when_done=False)
+    runner.train()
+    scale = hook_of(runner).search.scores.scale
+    assert seen['steps'] == 100 and seen['train'] == 8  # the toy set has 8 batches of 8
+    for slot, increase in (('w', 0.1), ('a', 0.3)):
+        expected = increase / float(seen['fisher']['squared'][slot][:, 0].sum())
+        assert scale[slot].tolist() == pytest.approx([expected] * 3, rel=1e-9)
