@@ -2,8 +2,8 @@
 # Issue 21: old against new scores, at the 2.25-bit, 2.5-bit and W3A3 BitOPs budgets, retrained with
 # paired seeds beside the uniform points (docs/benchmarks.md, "Scores that price each bit-width").
 #
-#   bash tools/effective_scores.sh policies   # sensitivity (fisher, measured, calibrated) and SSPS
-#                                             # (score_calibration none / measured) policies
+#   bash tools/effective_scores.sh policies   # sensitivity (fisher, measured, calibrated, adapted) and
+#                                             # SSPS (score_calibration none / measured / adapted) policies
 #   bash tools/effective_scores.sh retrain    # QAT of every policy and uniform point, SEEDS paired
 #   bash tools/effective_scores.sh table      # held-out (or test) top-1 per policy and seed
 #
@@ -19,7 +19,8 @@
 #            to W3A3 (238919680 / 289054720 BitOPs for the CIFAR ResNet-20 with stem and classifier
 #            pinned at W8A8); W3A3 as is
 #   EPOCHS   [1]  search and retraining epochs (lr 0.01, cosine), as the standard benchmark
-#   DEVICE   unset: the config's (cuda when available); e.g. DEVICE=cpu
+#   SSPS     [.venv/bin/ssps if present, else python -m ssps_nni.cli.main]
+# mmengine runs on the GPU when one is visible (CUDA_VISIBLE_DEVICES= forces the CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${CONFIG:-mmdet_configs/cifar10_resnet20_ssps_holdout.py}
@@ -29,8 +30,7 @@ SEEDS=${SEEDS:-0 1 2}
 SEARCH_SEEDS=${SEARCH_SEEDS:-0}
 BUDGETS=${BUDGETS:-2.25 2.5 W3A3}
 EPOCHS=${EPOCHS:-1}
-SSPS=${SSPS:-python -m ssps_nni.cli.main}
-[ -n "${DEVICE:-}" ] && export CUDA_VISIBLE_DEVICES=$([ "$DEVICE" = cpu ] && echo "" || echo "${CUDA_VISIBLE_DEVICES:-0}")
+if [ -x .venv/bin/ssps ]; then SSPS=${SSPS:-.venv/bin/ssps}; else SSPS=${SSPS:-python -m ssps_nni.cli.main}; fi
 
 data_opts="train_dataloader.dataset.data_root=$DATA val_dataloader.dataset.data_root=$DATA test_dataloader.dataset.data_root=$DATA"
 run_opts="optim_wrapper.optimizer.lr=0.01 train_cfg.max_epochs=$EPOCHS train_cfg.val_interval=$((EPOCHS + 1)) param_scheduler.T_max=$EPOCHS default_hooks.checkpoint.max_keep_ckpts=1 default_hooks.logger.interval=50"
@@ -50,15 +50,15 @@ policies() {
   # sensitivity: one measurement (scores on 32 fit batches, loss increase on 4 held-out batches), one solve per budget and kind
   if [ ! -f "$OUT/sensitivity/sensitivity.json" ]; then
     $SSPS sensitivity mmdet_configs/cifar10_resnet20_ssps_folder.py --score-batches 32 --measure-batches 4 \
-      --policies-at "${budgets[@]}" --out "$OUT/sensitivity" --cfg-options $data_opts
+      --adapt-steps 100 --policies-at "${budgets[@]}" --out "$OUT/sensitivity" --cfg-options $data_opts
   fi
   for b in $BUDGETS; do
-    for kind in fisher measured calibrated; do
+    for kind in fisher measured calibrated adapted; do
       cp -n "$OUT/sensitivity/policies/sensitivity_${kind}_$(bitops "$b" | tr '=' '_').json" \
         "$OUT/policies/sens_${kind}_$b.json"
     done
     for s in $SEARCH_SEEDS; do
-      for cal in none measured; do
+      for cal in none measured adapted; do
         local dir="$OUT/search/ssps_${cal}_${b}_s$s"
         if [ ! -f "$dir/policy.json" ]; then
           $SSPS search "$CONFIG" --budget "$(bitops "$b")" --seed "$s" --work-dir "$dir" \
@@ -94,7 +94,9 @@ rows = defaultdict(dict)
 for path in sorted(Path(sys.argv[1]).glob('retrain/*/train_result.json')):
     name, seed = path.parent.name.rsplit('_r', 1)
     res = json.loads(path.read_text())
-    top1 = next(v for k, v in res.get('metrics', {}).items() if 'top1' in k)
+    top1 = next((v for k, v in res.get('metrics', {}).items() if 'top1' in k), None)
+    if top1 is None:
+        continue
     rows[name][int(seed)] = (top1, res['bitops']['value'])
 print('| policy | GBitOPs | top-1 per seed | mean |')
 print('|---|---|---|---|')

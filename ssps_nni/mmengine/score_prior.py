@@ -60,5 +60,5 @@ def calibrate_scores(search, model, train_dataloader, log, score_batches: int = 
     factors = ', '.join(f'{slot} {values[0]:.4g}' for slot, values in info['factors'].items())
     log(f'SSPS score calibration ({mode}): factors per operand {factors} '
         f'(activations priced {info["factors"]["a"][0] / info["factors"]["w"][0]:.3f} x weights, relative to the '
-        f'squared score); {info["backwards"]} score batches and {info["forwards"]} forwards in {info["seconds"]:.1f} s')
+        f'squared score); {info["backwards"]} backward and {info["forwards"]} forward passes in {info["seconds"]:.1f} s')
     return info
