@@ -48,6 +48,11 @@ class ScoreAverage:
         self.form, self.ema = form, float(ema)
         self.sum = {s: torch.zeros(shape, dtype=torch.float64) for s, shape in shapes.items()}
         self.count = {s: torch.zeros(shape, dtype=torch.float64) for s, shape in shapes.items()}
+        self.scale: dict | None = None  # per-operand calibration (score_calibration.py), None: 1
+
+    def set_scale(self, factors: dict) -> None:
+        """Multiply :meth:`value` by ``factors[slot]`` (``(n,)``, per candidate) from now on (§10.2)."""
+        self.scale = {s: torch.as_tensor(factors[s], dtype=torch.float64).detach().clone().cpu() for s in SLOTS}
 
     def update(self, raw: dict, masks: dict) -> None:
         """Fold one step's raw scores ``{slot: (L, n)}`` into the open decisions.
@@ -67,22 +72,28 @@ class ScoreAverage:
             self.count[slot] = torch.where(cells, self.count[slot] + 1, self.count[slot])
 
     def value(self, slot: str) -> torch.Tensor:
-        """Bias-corrected ``D`` of ``slot``, ``(L, n)``; rows never measured are 0."""
+        """Bias-corrected ``D`` of ``slot``, ``(L, n)``, times the calibration if set; rows never measured are 0."""
         count = self.count[slot]
         corr = 1 - self.ema ** count
-        return torch.where(count > 0, self.sum[slot] / corr.clamp_min(1e-12), torch.zeros_like(self.sum[slot]))
+        value = torch.where(count > 0, self.sum[slot] / corr.clamp_min(1e-12), torch.zeros_like(self.sum[slot]))
+        return value if self.scale is None else value * self.scale[slot]
 
     @property
     def measured(self) -> bool:
         return bool(all(bool((c > 0).any()) for c in self.count.values()))
 
     def state_dict(self) -> dict:
-        return {"sum": {s: t.clone() for s, t in self.sum.items()}, "count": {s: t.clone() for s, t in self.count.items()}}
+        state = {"sum": {s: t.clone() for s, t in self.sum.items()}, "count": {s: t.clone() for s, t in self.count.items()}}
+        if self.scale is not None:
+            state["scale"] = {s: t.clone() for s, t in self.scale.items()}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         for slot in SLOTS:
             self.sum[slot].copy_(state["sum"][slot])
             self.count[slot].copy_(state["count"][slot])
+        if state.get("scale") is not None:
+            self.set_scale(state["scale"])
 
 
 def normalized(d: dict, masks: dict) -> dict:

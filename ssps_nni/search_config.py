@@ -25,6 +25,7 @@ from .cost import parse_budgets
 from .decider import DeciderConfig
 from .penalty import PENALTY_FORMS, ConstraintLoss
 from .scores import SCORE_FORMS
+from .score_calibration import CALIBRATIONS
 
 
 #: The search length a config is checked with before the real one is known (optimizer steps).
@@ -78,6 +79,10 @@ class SearchConfig:
             and the decay of their running average (0: each step alone), ``scores.py``.
         score_fraction: share of each batch the activation scores are computed on, in (0, 1]
             (their elementwise cost grows with the candidates; weights always use all).
+        score_calibration: ``'none'`` (default) or ``'measured'``: before the first step, the
+            driver measures the float model's loss increase per layer, operand and candidate on
+            a few batches and scales the running scores per operand so that they sum to it
+            (:func:`ssps_nni.score_calibration.calibrate_search`, docs/algorithm.md §10.2).
         penalty, lam, beta: constraint form and weights (§5); ``'lagrange'`` (default, dense
             signal only) prices the budget with a multiplier found from the scores.
         fill: after the last decision, raise bits where the scores gain most per unit of cost
@@ -112,6 +117,7 @@ class SearchConfig:
     score: str = "squared"
     score_ema: float = 0.98
     score_fraction: float = 0.25
+    score_calibration: str = "none"
     penalty: str = "lagrange"
     lam: float = 1.0
     beta: float = 0.6
@@ -142,6 +148,8 @@ class SearchConfig:
             raise ValueError(f"unknown signal {self.signal!r}; accepted: dense, sampled")
         if self.score not in SCORE_FORMS:
             raise ValueError(f"unknown score form {self.score!r}; accepted: {', '.join(SCORE_FORMS)}")
+        if self.score_calibration not in CALIBRATIONS:
+            raise ValueError(f"unknown score_calibration {self.score_calibration!r}; accepted: {', '.join(CALIBRATIONS)}")
         if not 0 < float(self.score_fraction) <= 1:
             raise ValueError(f"score_fraction must be in (0, 1], got {self.score_fraction}")
         if not 0 <= float(self.score_ema) < 1:

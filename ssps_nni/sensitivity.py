@@ -46,6 +46,19 @@ def sensitivity_scores(search: SSPSSearch, loss_fn: Callable[[object], torch.Ten
     Raises:
         ValueError: ``num_batches < 1`` or an empty ``batches``.
     """
+    return first_order_scores(search, loss_fn, batches, num_batches)["squared"]
+
+
+def first_order_scores(search: SSPSSearch, loss_fn: Callable[[object], torch.Tensor], batches: Iterable,
+                       num_batches: int = 128) -> dict[str, dict[str, torch.Tensor]]:
+    """The §3.1 scores of the float model, averaged over batches in both forms (§10 step 1).
+
+    Args and errors: as :func:`sensitivity_scores`.
+
+    Returns:
+        ``{'squared': {slot: (L, n)}, 'signed': {slot: (L, n)}}`` float64: the mean of ``s^2``
+        (loss squared) and the mean of ``s`` (the first-order loss increase, loss units).
+    """
     if int(num_batches) < 1:
         raise ValueError(f"num_batches must be >= 1, got {num_batches}")
     search._require_prepared()
@@ -53,7 +66,9 @@ def sensitivity_scores(search: SSPSSearch, loss_fn: Callable[[object], torch.Ten
     sampler = space.sampler
     was_training = model.training
     frozen = [p for p in model.parameters() if p.requires_grad]
-    total = {s: torch.zeros(tuple(sampler.logits[s].shape), dtype=torch.float64) for s in SLOTS}
+    shapes = {s: tuple(sampler.logits[s].shape) for s in SLOTS}
+    total = {s: torch.zeros(shape, dtype=torch.float64) for s, shape in shapes.items()}
+    signed = {s: torch.zeros(shape, dtype=torch.float64) for s, shape in shapes.items()}
     count = 0
     model.eval()  # BatchNorm uses its running statistics and keeps them
     for cell in space.cells.values():
@@ -69,7 +84,9 @@ def sensitivity_scores(search: SSPSSearch, loss_fn: Callable[[object], torch.Ten
             loss.backward()
             raw = sampler.take_scores()
             for s in SLOTS:
-                total[s] += raw[s].double().cpu() ** 2
+                value = raw[s].double().cpu()
+                total[s] += value ** 2
+                signed[s] += value
             count += 1
     finally:
         for p in frozen:
@@ -78,7 +95,7 @@ def sensitivity_scores(search: SSPSSearch, loss_fn: Callable[[object], torch.Ten
         model.train(was_training)
     if count == 0:
         raise ValueError("sensitivity_scores got no batch: the data loader is empty")
-    return {s: total[s] / count for s in SLOTS}
+    return {"squared": {s: total[s] / count for s in SLOTS}, "signed": {s: signed[s] / count for s in SLOTS}}
 
 
 def _apply(search: SSPSSearch, w_idx, a_idx) -> None:
@@ -120,6 +137,40 @@ def sensitivity_policy(search: SSPSSearch, scores: dict[str, torch.Tensor], time
     return policy
 
 
+def retarget(search: SSPSSearch, budget) -> None:
+    """Point a prepared search at another budget and reopen every decision (one-shot methods).
+
+    The model, calibration and layer profile stay; the budgets, targets and decider are rebuilt
+    (``budget`` in any form :class:`~ssps_nni.search_config.SearchConfig` accepts).
+
+    Raises:
+        BudgetError: a malformed budget (an unreachable one is refused by the solver).
+    """
+    import dataclasses
+
+    search._require_prepared()
+    search.config = dataclasses.replace(search.config, budget=budget)
+    for l in range(len(search.space.searched)):
+        cell = search.space.cell(l)
+        for slot in SLOTS:
+            cell.set_mask(slot, torch.ones(len(cell.candidates(slot)), dtype=torch.bool))
+    search._build_constraints()
+    search.fill_info, search.finished = None, False
+
+
+def policies_at(search: SSPSSearch, scores: dict[str, torch.Tensor], budgets) -> dict:
+    """``{budget: Policy}``: :func:`sensitivity_policy` of the same scores at each budget.
+
+    The scores are measured once; each budget is one solve (seconds). The search is left at the
+    last budget.
+    """
+    out = {}
+    for budget in budgets:
+        retarget(search, budget)
+        out[budget] = sensitivity_policy(search, scores)
+    return out
+
+
 def random_policy(search: SSPSSearch, seed: int = 0, low: float = 0.97) -> Policy:
     """A random feasible policy using ``low`` to 1.0 of every budget (the floor of §9).
 
@@ -141,4 +192,4 @@ def random_policy(search: SSPSSearch, seed: int = 0, low: float = 0.97) -> Polic
     return policy
 
 
-__all__ = ["sensitivity_scores", "sensitivity_policy", "random_policy"]
+__all__ = ["sensitivity_scores", "first_order_scores", "sensitivity_policy", "retarget", "policies_at", "random_policy"]

@@ -39,9 +39,9 @@ def cache_env(tmp_path_factory):
 def test_top_level_help_lists_every_subcommand():
     result = ssps('--help')
     assert result.returncode == 0, result.stderr
-    for name in ('search', 'train', 'export', 'report', 'benchmark', 'sweep'):
+    for name in ('search', 'train', 'export', 'report', 'sensitivity', 'benchmark', 'sweep'):
         assert name in result.stdout
-    assert set(COMMANDS) == {'search', 'train', 'export', 'report', 'benchmark', 'sweep'}
+    assert set(COMMANDS) == {'search', 'train', 'export', 'report', 'sensitivity', 'benchmark', 'sweep'}
 
 
 @pytest.mark.parametrize('command', list(COMMANDS))

@@ -4,6 +4,7 @@
     ssps train [CONFIG] --policy P.json     # retrain it (QAT), or --uniform WxAy, or FP32
     ssps export --policy P.json ...         # ONNX with QuantizeLinear/DequantizeLinear
     ssps report P.json [...] --out DIR      # tables and figures of several policies
+    ssps sensitivity [CONFIG] [--checkpoint] # per-layer sensitivity, predicted vs measured
     ssps benchmark [SECTION ...]            # the benchmarks of docs/benchmarks.md
     ssps sweep [CONFIG] [--budgets ...]     # the accuracy-vs-budget frontier against the uniform line
 
@@ -24,6 +25,7 @@ COMMANDS = {
     'train': ('train', 'retrain a policy with quantization-aware training (or a uniform WxAy, or FP32), then test'),
     'export': ('export', 'export a policy and its checkpoint to ONNX (QuantizeLinear/DequantizeLinear)'),
     'report': ('report', 'compare policies: Markdown and CSV tables of bits and costs, figures'),
+    'sensitivity': ('sensitivity', 'per-layer sensitivity: predicted against measured loss increase per candidate'),
     'benchmark': ('benchmark', 'step cost, sequential determination and quality benchmarks (docs/benchmarks.md)'),
     'sweep': ('sweep', 'the accuracy-vs-budget frontier: policies at many budgets against the uniform line'),
 }

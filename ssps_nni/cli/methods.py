@@ -88,20 +88,49 @@ def loss_function(model):
 
 
 def run_sensitivity(cfg, args) -> None:
-    """Per-layer sensitivity on ``--sensitivity-batches`` training batches; the policy that fills the budget."""
+    """Per-layer sensitivity on training batches (``--scores``, docs/algorithm.md §10, §10.2); the policy that fills the budget."""
+    import torch
+
+    from ssps_nni.proxy import measured_increase
+    from ssps_nni.score_calibration import scores_of_kind
     from ssps_nni.sensitivity import sensitivity_policy, sensitivity_scores
 
     start = time.perf_counter()
     runner, model, search, loader = prepared_search(cfg)
     ready = time.perf_counter()
-    n = args.sensitivity_batches
-    scores = sensitivity_scores(search, loss_function(model), cycled_batches(loader, n), num_batches=n)
-    measured = time.perf_counter()
+    kind = getattr(args, 'scores', 'fisher') or 'fisher'
+    n, m = args.sensitivity_batches, getattr(args, 'measure_batches', 4)
+    fisher = measured = adapted = None
+    parts = []
+    if kind != 'measured':
+        fisher = sensitivity_scores(search, loss_function(model), cycled_batches(loader, n), num_batches=n)
+        parts.append(f'squared scores on {n} batches {time.perf_counter() - ready:.1f} s')
+    batch_loss = lambda d: model.parse_losses(model(**d, mode='loss'))[0]  # noqa: E731
+    if kind in ('measured', 'calibrated'):
+        begin = time.perf_counter()
+        with torch.no_grad():
+            data = [model.data_preprocessor(b, True) for b in cycled_batches(loader, m)]
+        truth = measured_increase(search, batch_loss, data, 'float')
+        measured = {s: truth[s] for s in ('w', 'a')}
+        parts.append(f'measured loss increase on {m} batches ({truth["forwards"]} forwards) '
+                     f'{time.perf_counter() - begin:.1f} s')
+    if kind == 'adapted':
+        from ssps_nni.adapted import adapted_increase
+        from ssps_nni.mmengine.score_prior import ADAPT_STEPS
+
+        begin = time.perf_counter()
+        with torch.no_grad():
+            data = [model.data_preprocessor(b, True) for b in cycled_batches(loader, ADAPT_STEPS + m)]
+        adapted = adapted_increase(search, batch_loss, data[:ADAPT_STEPS], data[ADAPT_STEPS:], steps=ADAPT_STEPS)
+        parts.append(f'loss increase after {ADAPT_STEPS} QAT steps per operand (w {adapted["w"]:.4f}, '
+                     f'a {adapted["a"]:.4f}) {time.perf_counter() - begin:.1f} s')
+    scores = scores_of_kind(kind, fisher, measured, search.space.candidates, adapted)
+    measured_at = time.perf_counter()
     policy = sensitivity_policy(search, scores)
+    policy.meta['scores'] = kind
     solved = time.perf_counter()
-    write_policy(runner, policy, f'sensitivity on {n} training batches', start,
-                 f'set-up {ready - start:.1f} s, measurement {measured - ready:.1f} s '
-                 f'({(measured - ready) / n:.2f} s per batch), solve {solved - measured:.1f} s')
+    write_policy(runner, policy, f'sensitivity ({kind} scores)', start,
+                 f'set-up {ready - start:.1f} s, {", ".join(parts)}, solve {solved - measured_at:.1f} s')
 
 
 def run_random(cfg, args) -> None:

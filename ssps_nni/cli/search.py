@@ -4,7 +4,7 @@
     ssps search CONFIG [--budget bitops=W4A4] [--candidates 2,3,4,6,8]
         [--work-dir DIR] [--resume] [--seed N] [--load-from PTH] [--cfg-options KEY=VALUE ...]
         [--lut FILE] [--method ssps|sensitivity|random] [--sensitivity-batches N]
-        [--device cpu|cuda] [--amp none|bf16|fp16]
+        [--scores fisher|measured|calibrated|adapted] [--device cpu|cuda] [--amp none|bf16|fp16]
 
 Built on mmengine's ``Config`` and ``Runner`` like mmpretrain's ``tools/train.py``; the search
 itself is the config's ``SSPSHook`` (added with defaults when the config has none). Inputs are
@@ -71,6 +71,9 @@ from .common import (DEFAULT_CONFIG_NAME, InputError, add_budget, add_candidates
 PROG = 'ssps search'
 METHODS = ('ssps', 'sensitivity', 'random')
 DEFAULT_SENSITIVITY_BATCHES = 128
+DEFAULT_MEASURE_BATCHES = 4
+#: ssps_nni.score_calibration.SCORE_KINDS (that module imports torch)
+SCORE_KINDS = ('fisher', 'measured', 'calibrated', 'adapted')
 SSPS_TYPES = ('SSPSHook', 'ssps_nni.mmengine.SSPSHook')
 #: ``ssps_nni.mmengine.hook.HOOK_OPTIONS`` (that module loads the training stack): the hook's own
 #: keyword arguments; the rest of its options are ``SearchConfig`` fields.
@@ -103,6 +106,14 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
     parser.add_argument('--sensitivity-batches', type=int, metavar='N',
                         help=f'training batches the sensitivity method measures on (default '
                              f'{DEFAULT_SENSITIVITY_BATCHES}; --method sensitivity only)')
+    parser.add_argument('--scores', choices=SCORE_KINDS, default=None,
+                        help='what the sensitivity method minimises: fisher (squared first-order score, default), '
+                             'measured (loss increase measured per layer, operand and candidate), calibrated '
+                             '(fisher scaled per operand to the measured sum) or adapted (fisher scaled per operand '
+                             'to the loss increase left after 100 QAT steps); --method sensitivity only')
+    parser.add_argument('--measure-batches', type=int, metavar='N',
+                        help=f'batches the loss increase is measured on for --scores measured|calibrated (default '
+                             f'{DEFAULT_MEASURE_BATCHES}; each costs one forward per layer, operand and candidate)')
     return parser.parse_args(argv)
 
 
@@ -125,6 +136,13 @@ def check_args(args) -> None:
                              f'got {args.sensitivity_batches}')
     elif args.method == 'sensitivity':
         args.sensitivity_batches = DEFAULT_SENSITIVITY_BATCHES
+    if (args.scores is not None or args.measure_batches is not None) and args.method != 'sensitivity':
+        raise InputError(f'--scores and --measure-batches are used only by --method sensitivity '
+                         f'(this run: --method {args.method})')
+    if args.measure_batches is not None and args.measure_batches < 1:
+        raise InputError(f'--measure-batches must be >= 1, got {args.measure_batches}')
+    args.scores = args.scores or 'fisher'
+    args.measure_batches = args.measure_batches or DEFAULT_MEASURE_BATCHES
     if args.resume and args.method != 'ssps':
         raise InputError(f'--resume continues an interrupted SSPS search; --method {args.method} does not '
                          'train and has nothing to resume (leave out --resume)')

@@ -109,22 +109,38 @@ class CIFAR10Folder(BaseDataset):
         data_root: the ``cifar10`` folder, e.g. ``'../shared/data/cifar10'``.
         test_mode: True reads ``test/``, False ``train/``.
         limit_per_class: keep the first this many images of each class (None: all).
+        part: ``'all'`` (default), or a part of :func:`ssps_nni.proxy.holdout_split` (one image
+            in ten held out): ``'fit'`` (the other nine) or ``'holdout'``, a validation split of
+            the training set on which defaults are chosen (docs/algorithm.md §9).
         **kwargs: other :class:`mmpretrain.datasets.BaseDataset` arguments.
+
+    Raises:
+        ValueError: an unknown ``part``.
     """
 
     METAINFO = {'classes': CIFAR10_CATEGORIES}
+    PARTS = ('all', 'fit', 'holdout')
 
     def __init__(self, data_root: str, test_mode: bool = False, limit_per_class: int | None = None,
-                 **kwargs):
+                 part: str = 'all', **kwargs):
+        if part not in self.PARTS:
+            raise ValueError(f'CIFAR10Folder part must be one of {self.PARTS}, got {part!r}')
         self.limit_per_class = limit_per_class
+        self.part = part
         super().__init__(ann_file='', data_root=data_root, test_mode=test_mode, **kwargs)
 
     def load_data_list(self) -> list[dict]:
         split = 'test' if self.test_mode else 'train'
-        return load_cifar10_folder(self.data_root, split, self.limit_per_class)
+        data = load_cifar10_folder(self.data_root, split, self.limit_per_class)
+        if self.part == 'all':
+            return data
+        from ..proxy import holdout_split
+
+        fit, held = holdout_split(len(data))
+        return [data[i] for i in (fit if self.part == 'fit' else held)]
 
     def extra_repr(self) -> list[str]:
-        return [f'Folder: \t{self.data_root}']
+        return [f'Folder: \t{self.data_root}', f'Part: \t{self.part}']
 
 
 @DATASETS.register_module()

@@ -245,6 +245,10 @@ class SSPSHook(Hook):
             runner.train_loop.stop_training = True
         elif not search.done:
             self._move_earlier_policy(runner)
+            if search.config.score_calibration != 'none' and search.step == 0 and search.scores.scale is None:
+                from .score_prior import calibrate_scores  # §10.2; a resumed search keeps its factors
+
+                calibrate_scores(search, self._inner, runner.train_dataloader, runner.logger.info)
         if self.stop_when_done and late_stop(runner.train_loop):
             runner.logger.warning(f'SSPS: {late_stop(runner.train_loop)}')
 
