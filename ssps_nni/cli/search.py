@@ -186,7 +186,7 @@ def apply_args(cfg, args) -> None:
         hook['budget'] = args.budget
     if args.candidates is not None:
         hook['candidates'] = split_candidates(args.candidates)
-    if args.lut is not None and isinstance(hook.get('cost_options', None) or {}, dict):
+    if getattr(args, 'lut', None) is not None and isinstance(hook.get('cost_options', None) or {}, dict):
         # (cost_options of another type is left for the typed config to refuse, with the form)
         options = dict(hook.get('cost_options', None) or {})
         hook['cost_options'] = dict(options, lut=dict(options.get('lut', None) or {}, path=args.lut))
