@@ -12,6 +12,39 @@ from pathlib import Path
 from .common import InputError
 
 
+DEFAULT_MEASURE_BATCHES = 4
+#: ssps_nni.score_calibration.SCORE_KINDS (that module imports torch)
+SCORE_KINDS = ('fisher', 'measured', 'calibrated', 'adapted')
+
+
+def add_score_options(parser) -> None:
+    """``--scores`` and ``--measure-batches`` of ``--method sensitivity`` (docs/algorithm.md §10.2)."""
+    parser.add_argument('--scores', choices=SCORE_KINDS, default=None,
+                        help='what the sensitivity method minimises: fisher (squared first-order score, default), '
+                             'measured (loss increase measured per layer, operand and candidate), calibrated '
+                             '(fisher scaled per operand to the measured sum) or adapted (fisher scaled per operand '
+                             'to the loss increase left after 100 QAT steps); --method sensitivity only')
+    parser.add_argument('--measure-batches', type=int, metavar='N',
+                        help=f'batches the loss increase is measured (or read, for adapted) on (default '
+                             f'{DEFAULT_MEASURE_BATCHES}; for measured, each costs one forward per layer, operand '
+                             'and candidate)')
+
+
+def check_score_options(args) -> None:
+    """The score options go with ``--method sensitivity``; fills their defaults.
+
+    Raises:
+        InputError: used with another method, or ``--measure-batches`` below 1.
+    """
+    if (args.scores is not None or args.measure_batches is not None) and args.method != 'sensitivity':
+        raise InputError(f'--scores and --measure-batches are used only by --method sensitivity '
+                         f'(this run: --method {args.method})')
+    if args.measure_batches is not None and args.measure_batches < 1:
+        raise InputError(f'--measure-batches must be >= 1, got {args.measure_batches}')
+    args.scores = args.scores or 'fisher'
+    args.measure_batches = args.measure_batches or DEFAULT_MEASURE_BATCHES
+
+
 def search_total_steps(hook) -> int:
     """A search length the hook's warm-up fits in (one-shot methods take no search step)."""
     warmup = hook.warmup_steps

@@ -58,7 +58,7 @@ import sys
 from pathlib import Path
 
 from ..errors import SSPSError
-from .methods import run_random, run_sensitivity
+from .methods import add_score_options, check_score_options, run_random, run_sensitivity
 from .lock import work_dir_lock
 from .resume import check_resume
 from .stop import GracefulStop
@@ -71,9 +71,6 @@ from .common import (DEFAULT_CONFIG_NAME, InputError, add_budget, add_candidates
 PROG = 'ssps search'
 METHODS = ('ssps', 'sensitivity', 'random')
 DEFAULT_SENSITIVITY_BATCHES = 128
-DEFAULT_MEASURE_BATCHES = 4
-#: ssps_nni.score_calibration.SCORE_KINDS (that module imports torch)
-SCORE_KINDS = ('fisher', 'measured', 'calibrated', 'adapted')
 SSPS_TYPES = ('SSPSHook', 'ssps_nni.mmengine.SSPSHook')
 #: ``ssps_nni.mmengine.hook.HOOK_OPTIONS`` (that module loads the training stack): the hook's own
 #: keyword arguments; the rest of its options are ``SearchConfig`` fields.
@@ -106,14 +103,7 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
     parser.add_argument('--sensitivity-batches', type=int, metavar='N',
                         help=f'training batches the sensitivity method measures on (default '
                              f'{DEFAULT_SENSITIVITY_BATCHES}; --method sensitivity only)')
-    parser.add_argument('--scores', choices=SCORE_KINDS, default=None,
-                        help='what the sensitivity method minimises: fisher (squared first-order score, default), '
-                             'measured (loss increase measured per layer, operand and candidate), calibrated '
-                             '(fisher scaled per operand to the measured sum) or adapted (fisher scaled per operand '
-                             'to the loss increase left after 100 QAT steps); --method sensitivity only')
-    parser.add_argument('--measure-batches', type=int, metavar='N',
-                        help=f'batches the loss increase is measured on for --scores measured|calibrated (default '
-                             f'{DEFAULT_MEASURE_BATCHES}; each costs one forward per layer, operand and candidate)')
+    add_score_options(parser)
     return parser.parse_args(argv)
 
 
@@ -136,13 +126,7 @@ def check_args(args) -> None:
                              f'got {args.sensitivity_batches}')
     elif args.method == 'sensitivity':
         args.sensitivity_batches = DEFAULT_SENSITIVITY_BATCHES
-    if (args.scores is not None or args.measure_batches is not None) and args.method != 'sensitivity':
-        raise InputError(f'--scores and --measure-batches are used only by --method sensitivity '
-                         f'(this run: --method {args.method})')
-    if args.measure_batches is not None and args.measure_batches < 1:
-        raise InputError(f'--measure-batches must be >= 1, got {args.measure_batches}')
-    args.scores = args.scores or 'fisher'
-    args.measure_batches = args.measure_batches or DEFAULT_MEASURE_BATCHES
+    check_score_options(args)
     if args.resume and args.method != 'ssps':
         raise InputError(f'--resume continues an interrupted SSPS search; --method {args.method} does not '
                          'train and has nothing to resume (leave out --resume)')

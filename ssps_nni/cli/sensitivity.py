@@ -241,18 +241,24 @@ def run(cfg, args) -> dict:
             'float_reference_loss': round(truth['base'], 5),
             'setup_s': round(ready - start, 1), 'score_s': round(scored - ready, 1),
             'measure_s': round(truth['seconds'], 1), 'measure_forwards': truth['forwards']}
-    factors = calibration_factors(first['squared'], truth, space.candidates)
-    columns['calibrated'] = calibrated(first['squared'], factors)
-    meta['calibration_factors'] = {s: round(float(f[0]), 6) for s, f in factors.items()}
-    per_bit = calibration_factors(first['squared'], truth, space.candidates, per_bit=True)
-    meta['calibration_factors_per_bit'] = {s: [round(float(v), 6) for v in f] for s, f in per_bit.items()}
+    try:  # nothing measurable (no positive sum) leaves the calibrated column out
+        factors = calibration_factors(first['squared'], truth, space.candidates)
+        per_bit = calibration_factors(first['squared'], truth, space.candidates, per_bit=True)
+        columns['calibrated'] = calibrated(first['squared'], factors)
+        meta['calibration_factors'] = {s: round(float(f[0]), 6) for s, f in factors.items()}
+        meta['calibration_factors_per_bit'] = {s: [round(float(v), 6) for v in f] for s, f in per_bit.items()}
+    except ValueError as err:
+        meta['calibration_factors'] = f'not fitted: {err}'
     if args.adapt_steps:
         adapted = cached_adapted(search, loss, model, loader, fit, measure, args, batch_size, seed, key, log)
-        afactors = adapted_factors(first['squared'], adapted, space.candidates)
-        columns['adapted'] = calibrated(first['squared'], afactors)
         meta.update(adapt_steps=args.adapt_steps, adapted_increase={s: round(adapted[s], 5) for s in SLOTS},
-                    adapted_factors={s: round(float(f[0]), 6) for s, f in afactors.items()},
                     adapt_s=round(adapted['seconds'], 1))
+        try:
+            afactors = adapted_factors(first['squared'], adapted, space.candidates)
+            columns['adapted'] = calibrated(first['squared'], afactors)
+            meta['adapted_factors'] = {s: round(float(f[0]), 6) for s, f in afactors.items()}
+        except ValueError as err:
+            meta['adapted_factors'] = f'not fitted: {err}'
     if args.policies_at:
         meta['policies'] = write_policies(search, args.policies_at, columns, Path(args.out) / 'policies', log)
     if args.checkpoint:
