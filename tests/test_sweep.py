@@ -150,3 +150,19 @@ def test_bad_input_is_refused_before_any_run(args, message, tmp_path, cache_env,
     assert message in err, err
     assert not (tmp_path / 'w').exists()
     assert os.getcwd() == cwd
+
+
+def test_unwritable_work_dir_and_missing_gpu_are_refused_before_any_run(tmp_path, cache_env, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setenv('SSPS_CACHE_DIR', cache_env['SSPS_CACHE_DIR'])
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', os.environ.get('CUDA_VISIBLE_DEVICES', ''))  # restored after
+    (tmp_path / 'afile').write_text('')
+    cases = [(['--work-dir', str(tmp_path / 'afile' / 'wd')], 'is not a folder but a file')]
+    if not torch.cuda.is_available():
+        cases.append((['--work-dir', str(tmp_path / 'w'), '--device', 'cuda'], 'no CUDA device'))
+    for args, message in cases:
+        status = command.main([*args, '--budgets', '3b', '--methods', 'random', '--retrain-epochs', '0'])
+        err = capsys.readouterr().err
+        assert status == 2 and err.startswith('ssps sweep: error: ') and message in err, err
+    assert not (tmp_path / 'w').exists()

@@ -104,8 +104,8 @@ def tensor_file(path: Path, count: int, shape: tuple[int, ...] | None):
     """Float inputs ``(N, C, H, W)`` of a tensor file, the first ``count``; their shape.
 
     Raises:
-        InputError: unreadable, not a float tensor of 4 (or 3) dimensions, or of another
-            ``C, H, W`` than ``shape``.
+        InputError: unreadable, not a float tensor of 4 (or 3) dimensions, not finite, or of
+            another ``C, H, W`` than ``shape``.
     """
     import numpy as np
     import torch
@@ -121,6 +121,8 @@ def tensor_file(path: Path, count: int, shape: tuple[int, ...] | None):
         what = f'a {x.dim()}-d {x.dtype} tensor' if isinstance(x, torch.Tensor) else f'a {type(x).__name__}'
         raise InputError(f'--calib-data {path} holds {what}; accepted: a float tensor (N, C, H, W) of inputs as the '
                          'model takes them (normalised)')
+    if not bool(torch.isfinite(x[:count]).all()):  # NaN/inf step sizes would export a model of NaN outputs
+        raise InputError(f'--calib-data {path} holds NaN or infinite values; give finite inputs')
     if shape is not None and tuple(x.shape[1:]) != tuple(shape[1:]):
         raise InputError(f'--calib-data {path} holds inputs of {_dims(x.shape[1:])} but the model input (--input-shape) '
                          f'is {_dims(shape[1:])}; give inputs of the model\'s shape, or a folder of images to resize')

@@ -115,3 +115,20 @@ def check_resume(cfg, args, warn=None) -> None:
         problem = resume_problem(cfg.load_from)
         if problem:
             raise InputError(f'--resume --load-from: {problem}; give a whole checkpoint of this search')
+    if getattr(args, 'method', 'ssps') == 'ssps' and not has_search_state(cfg.load_from):
+        raise InputError(f'--resume: {cfg.load_from} holds no SSPS search state (a retraining or FP32 '
+                         'checkpoint, e.g. of ssps train in the same work dir); resume from a checkpoint of '
+                         'this search (--load-from PTH), or start a new search without --resume')
+
+
+def has_search_state(path) -> bool:
+    """Whether the mmengine checkpoint ``path`` holds ``checkpoint['ssps']`` (what ``SSPSHook`` saves).
+
+    The tensors are memory-mapped, not read (zip checkpoints), so this costs little even for a
+    large model; a legacy (non-zip) checkpoint is read whole.
+    """
+    import torch
+
+    kwargs = {'mmap': True} if zipfile.is_zipfile(path) else {}
+    checkpoint = torch.load(path, map_location='cpu', weights_only=False, **kwargs)
+    return isinstance(checkpoint, dict) and checkpoint.get('ssps') is not None

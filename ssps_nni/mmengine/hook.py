@@ -58,7 +58,7 @@ from ..search_config import PLACEHOLDER_STEPS, SearchConfig
 from .calibration import calibration_loader, forward_fn, preserved_rng
 from .loops import late_stop, stop_training
 from .optim import add_param_group, find_optim_wrapper, loss_scale, reduce_logit_grads
-from .report import cost_lines
+from .report import cost_lines, reference_text
 
 __all__ = ['SSPSHook', 'HOOK_OPTIONS']
 
@@ -229,9 +229,9 @@ class SSPSHook(Hook):
         for name, target in search.targets.items():
             refs = search.costs[name].references()
             fmt = search.costs[name].model.format
-            runner.logger.info(
-                f'SSPS budget {name}: target {fmt(target)}; FP32 {fmt(refs["fp32"])}, W8A8 {fmt(refs["w8a8"])}, '
-                f'min {fmt(refs["min"])}, max {fmt(refs["max"])}; expected now {fmt(stats[f"expected/{name}"])}'
+            runner.logger.info(  # a LUT need not price FP32 or W8A8 (SpaceCost.references)
+                f'SSPS budget {name}: target {fmt(target)}; {reference_text(refs, fmt)}; '
+                f'expected now {fmt(stats[f"expected/{name}"])}'
                 + (' (calibrated)' if calibrate else ' (step sizes from checkpoint)'))
         reason = search.single_policy()
         if reason is not None:

@@ -17,6 +17,15 @@ def cost_formatter(name: str, unit: str = '') -> Callable[[float], str]:
     return cls().format
 
 
+#: the reference costs named with a budget, in order (a LUT may leave fp32 or w8a8 out)
+REFERENCE_LABELS = (('fp32', 'FP32'), ('w8a8', 'W8A8'), ('min', 'min'), ('max', 'max'))
+
+
+def reference_text(refs: dict, fmt) -> str:
+    """``'FP32 x, W8A8 y, min z, max w'`` for the references present in ``refs`` (``fmt`` formats a cost)."""
+    return ', '.join(f'{label} {fmt(refs[key])}' for key, label in REFERENCE_LABELS if key in refs)
+
+
 def cost_lines(policy: Policy) -> list[str]:
     """One line per budget: the policy's cost, its ratio to the target, the target, the references."""
     lines = []
@@ -25,9 +34,7 @@ def cost_lines(policy: Policy) -> list[str]:
         refs = total.get('references', {})
         ratio = total['policy'] / total['target'] if total.get('target') else float('nan')
         lines.append(f'{name}: policy {fmt(total["policy"])} = {ratio:.3f} x target {fmt(total["target"])}')
-        lines.append(f'{name} references: ' + ', '.join(
-            f'{label} {fmt(refs[key])}' for key, label in
-            (('fp32', 'FP32'), ('w8a8', 'W8A8'), ('min', 'min'), ('max', 'max')) if key in refs))
+        lines.append(f'{name} references: ' + reference_text(refs, fmt))
     fill = policy.meta.get('fill')
     if fill and fill.get('raises'):
         for name, before in fill['before'].items():

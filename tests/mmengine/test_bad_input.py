@@ -96,9 +96,15 @@ class Inputs:
     def whole_checkpoint(self) -> str:
         """A whole checkpoint in the work dir that ``last_checkpoint`` names (a resumable search)."""
         self.work.mkdir(parents=True, exist_ok=True)
-        path = _save(self.work / 'epoch_1.pth', {'state_dict': {'w': torch.zeros(4)}, 'meta': {}})
+        path = _save(self.work / 'epoch_1.pth', {'state_dict': {'w': torch.zeros(4)}, 'meta': {}, 'ssps': {'step': 1}})
         self.last_checkpoint(path)
         return path
+
+    def retraining_checkpoint(self) -> list:
+        """A whole checkpoint with no search state (``ssps train`` in the same work dir) as the latest."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.last_checkpoint(_save(self.work / 'epoch_6.pth', {'state_dict': {'w': torch.zeros(4)}, 'meta': {}}))
+        return ['--resume']
 
     def tensor(self, name: str, shape) -> str:
         return _save(self.tmp / name, torch.randn(*shape))
@@ -228,6 +234,8 @@ CASES = {
     'search: resume truncated latest': ('search', lambda i: i.last_checkpoint(
         i.truncated_checkpoint(i.work / 'epoch_1.pth')) or ['--resume'], 'epoch_1.pth is not a PyTorch checkpoint',
         'leave out --resume to start a new search'),
+    'search: resume a retraining checkpoint': ('search', lambda i: i.retraining_checkpoint(),
+                                               'holds no SSPS search state', 'start a new search without --resume'),
     'search: resume latest missing': ('search', lambda i: i.last_checkpoint(str(i.work / 'epoch_3.pth'))
                                       or ['--resume'], 'epoch_3.pth is not a local file',
                                       'Give --load-from PTH with a whole checkpoint'),
@@ -320,6 +328,9 @@ CASES = {
         'holds inputs of 3x16x16 but the model input (--input-shape) is 3x32x32', "give inputs of the model's shape"),
     'export: calibration tensor not 4-d': ('export', lambda i: i.export('--calib-data', i.tensor('x2.pt', (8, 3))),
                                            'holds a 2-d torch.float32 tensor', 'a float tensor (N, C, H, W)'),
+    'export: calibration tensor of NaN': ('export', lambda i: i.export(
+        '--calib-data', _save(i.tmp / 'nan.pt', torch.full((8, 3, 32, 32), float('nan')))),
+        'holds NaN or infinite values', 'give finite inputs'),
     'export: calibration data missing': ('export', lambda i: i.export('--calib-data', str(i.tmp / 'none')),
                                          'none does not exist', 'accepted: --calib-data FOLDER'),
     'export: calibration folder empty': ('export', lambda i: i.export('--calib-data', i.folder()), 'holds no image',

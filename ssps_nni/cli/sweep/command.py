@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..common import REPO, InputError, add_config, add_load_from, fail
+from ..common import REPO, InputError, add_config, add_load_from, check_output_dir, fail, select_device
 
 PROG = 'ssps sweep'
 METHODS = ('ssps', 'sensitivity', 'random')
@@ -148,6 +148,7 @@ def resolve(args) -> dict:
         if not (_accepts(train_cli, '--device') and _accepts(search_cli, '--device')):
             raise InputError('--device: ssps train / ssps search of this version have no --device option; mmengine '
                              'runs on the GPU when one is available (or pass options with --train-args/--search-args)')
+        select_device(args)  # --device cuda without a GPU: refused here, not by every run
         train_args += ['--device', args.device]
         search_args += ['--device', args.device]
     if args.candidates is not None:
@@ -176,6 +177,9 @@ def resolve(args) -> dict:
     from ..benchmark.budgets import file_sha1
 
     name = Path(sargs.config).stem
+    work_dir = Path(args.work_dir or (STANDARD['work_dir'] if args.standard and not args.config
+                                      else f'work_dirs/sweep_{name}')).absolute()
+    check_output_dir(work_dir, '--work-dir')  # not a folder, no permission, no space: refused before any run
     return {
         'config': str(Path(sargs.config).resolve()), 'config_sha1': file_sha1(sargs.config), 'data_root': data_root,
         'load_from': str(Path(load_from).resolve()), 'load_sha1': file_sha1(load_from),
@@ -189,8 +193,7 @@ def resolve(args) -> dict:
         'candidates': {'w': list(config_obj.candidates), 'a': list(config_obj.activation_candidates)},
         'budgets': budgets, 'uniform': B.uniform_pairs(budgets, costs), 'metric': args.metric,
         'cost_references': {c: sc.references() for c, sc in costs.items()}, 'test_samples': test_samples,
-        'work_dir': str(Path(args.work_dir or (STANDARD['work_dir'] if args.standard and not args.config
-                                               else f'work_dirs/sweep_{name}')).absolute()),
+        'work_dir': str(work_dir),
         'jobs': args.jobs, 'costs': costs,
     }
 
