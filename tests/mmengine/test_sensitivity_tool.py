@@ -53,3 +53,23 @@ def test_bad_input_is_one_line(tiny_config, tmp_path, capsys, extra, message):
     assert sensitivity.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith('ssps sensitivity: error:') and message in err[-1]
+
+
+def test_search_sensitivity_method_with_calibrated_scores(tiny_config, tmp_path, search_tool):
+    """``ssps search --method sensitivity --scores calibrated`` writes a final policy that says its scores."""
+    work = tmp_path / 'cal'
+    argv = [str(tiny_config), '--method', 'sensitivity', '--scores', 'calibrated', '--sensitivity-batches', '1',
+            '--measure-batches', '1', '--budget', 'bitops=W3A3', '--work-dir', str(work)]
+    assert search_tool.main(argv) == 0
+    policy = load_policy(work / 'policy.json')
+    assert policy.meta['method'] == 'sensitivity' and policy.meta['scores'] == 'calibrated' and policy.meta['final']
+
+
+def test_effective_scores_script_parses():
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / 'tools' / 'effective_scores.sh'
+    assert subprocess.run(['bash', '-n', str(script)]).returncode == 0
+    usage = subprocess.run(['bash', str(script), 'nonsense'], capture_output=True, text=True)
+    assert usage.returncode == 2 and 'usage' in usage.stderr
