@@ -25,7 +25,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .errors import BudgetError, UnknownCostError
+from .errors import BudgetError, LutError, LutMissingError, UnknownCostError
 from .quant import FLOAT_BITS
 
 
@@ -160,7 +160,8 @@ class LutCost(CostModel):
     A layer name entry wins over its signature entry.
 
     Raises:
-        BudgetError: unreadable file, or a layer/bit pair with no entry.
+        LutMissingError: neither a path nor a table. LutError: unreadable file, not a LUT, or a
+            layer/bit pair with no entry (both are ``BudgetError``).
     """
 
     name = "lut"
@@ -168,13 +169,13 @@ class LutCost(CostModel):
     def __init__(self, path: str | Path | None = None, table: Mapping | None = None):
         if table is None:
             if path is None:
-                raise BudgetError("the 'lut' cost needs a JSON table: cost_options={'lut': {'path': 'lut.json'}}")
+                raise LutMissingError("the 'lut' cost needs a JSON table: cost_options={'lut': {'path': 'lut.json'}}")
             try:
                 table = json.loads(Path(path).read_text())
             except (OSError, ValueError) as err:
-                raise BudgetError(f"cannot read LUT file {path}: {err}") from None
+                raise LutError(f"cannot read LUT file {path}: {err}") from None
         if not isinstance(table, Mapping) or not ({"layers", "signatures"} & set(table)):
-            raise BudgetError("a LUT must be a JSON object with 'layers' and/or 'signatures' tables")
+            raise LutError("a LUT must be a JSON object with 'layers' and/or 'signatures' tables")
         self.table = table
         self.unit = str(table.get("unit", ""))
 
@@ -184,7 +185,7 @@ class LutCost(CostModel):
             entry = self.table.get(section, {}).get(name)
             if entry is not None and key in entry:
                 return float(entry[key])
-        raise BudgetError(
+        raise LutError(
             f"LUT has no entry {key!r} for layer {profile.name!r} (signature {profile.signature!r})"
         )
 
@@ -348,23 +349,30 @@ def parse_budget(text: str) -> Budget:
     return Budget(cost, text, value=number)
 
 
+def budget_items(spec) -> list:
+    """The budgets of ``spec`` one by one, unparsed: ``'cost=value'`` texts and ``Budget`` objects.
+
+    Raises:
+        BudgetError: ``spec`` is none of the accepted types.
+    """
+    if isinstance(spec, Budget):
+        return [spec]
+    if isinstance(spec, Mapping):
+        return [f"{k}={v}" for k, v in spec.items()]
+    if isinstance(spec, str):
+        return [s for s in spec.split(",") if s.strip()]
+    if isinstance(spec, (list, tuple)):
+        return list(spec)
+    raise BudgetError(f"malformed budget {spec!r}; accepted forms: {BUDGET_FORMS}")
+
+
 def parse_budgets(spec) -> list[Budget]:
     """Parse one budget or several: ``'bitops=W4A4,size=1.5MB'``, a list of strings, or a dict.
 
     Raises:
         BudgetError: empty or malformed; two budgets on one cost.
     """
-    if isinstance(spec, Budget):
-        return [spec]
-    if isinstance(spec, Mapping):
-        items = [f"{k}={v}" for k, v in spec.items()]
-    elif isinstance(spec, str):
-        items = [s for s in spec.split(",") if s.strip()]
-    elif isinstance(spec, (list, tuple)):
-        items = list(spec)
-    else:
-        raise BudgetError(f"malformed budget {spec!r}; accepted forms: {BUDGET_FORMS}")
-    budgets = [b if isinstance(b, Budget) else parse_budget(b) for b in items]
+    budgets = [b if isinstance(b, Budget) else parse_budget(b) for b in budget_items(spec)]
     if not budgets:
         raise BudgetError(f"no budget given; accepted forms: {BUDGET_FORMS}")
     names = [b.cost for b in budgets]

@@ -28,6 +28,30 @@ class UnknownCostError(BudgetError):
     """A cost model name is not registered (see ``ssps_nni.cost.COST_MODELS``)."""
 
 
+class LutError(BudgetError):
+    """A LUT cost's table cannot be read, is not a LUT, or has no entry for a layer's bits."""
+
+
+class LutMissingError(LutError):
+    """A ``lut`` budget was given without its table (``cost_options={'lut': {'path': ...}}``)."""
+
+
+class CostOptionsError(SSPSError):
+    """``cost_options`` is not a mapping ``{cost: {option: value}}``."""
+
+
+class UnusedCostOptionsError(CostOptionsError):
+    """``cost_options`` names costs that no budget uses.
+
+    Attributes:
+        costs: the sorted names of those costs.
+    """
+
+    def __init__(self, message: str, costs: list):
+        super().__init__(message)
+        self.costs = list(costs)
+
+
 class NoQuantizableLayersError(SSPSError):
     """The model has no ``nn.Conv2d`` / ``nn.Linear`` left to search after include/exclude."""
 

@@ -23,7 +23,7 @@ __all__ = ["SCORE_KINDS", "CALIBRATIONS", "calibration_factors", "calibrated", "
 
 #: ``SearchConfig.score_calibration``: ``'none'`` (the running scores as they are), ``'measured'``
 #: or ``'adapted'`` (scaled per operand by :func:`calibrate_search` before the first step).
-CALIBRATIONS = ("none", "measured", "adapted")
+from .search_config import CALIBRATIONS  # noqa: E402  (SearchConfig.score_calibration's values; defined there)
 
 #: What the sensitivity method can minimise: ``fisher`` (the squared score, §10), ``measured``
 #: (the measured loss increase), ``calibrated`` (the squared score times the factors below) or

@@ -33,8 +33,9 @@ import torch
 
 from .cell import CELL_TYPES
 from .convert import SearchSpace, convert_checked
-from .cost import SpaceCost, build_cost_model, profile_layers
-from .decider import Constraint, SequentialDecider
+from .constraints import build_constraints, cost_models
+from .cost import SpaceCost, profile_layers
+from .decider import SequentialDecider
 from .divergence import DivergenceGuard, first_nonfinite_output
 from .objective import LogitsObjective
 from .policy import Policy
@@ -63,7 +64,7 @@ class SSPSSearch(DivergenceGuard, LogitsObjective):
     def __init__(self, model: torch.nn.Module, config: SearchConfig | dict, space: SearchSpace | None = None):
         self.config = config if isinstance(config, SearchConfig) else SearchConfig.from_dict(dict(config))
         cfg = self.config
-        self.cost_models = {b.cost: build_cost_model(b.cost, **cfg.cost_options.get(b.cost, {})) for b in cfg.budgets}
+        self.cost_models = cost_models(cfg)
         if space is None:
             space = convert_checked(  # the config checked the candidates
                 model, cfg.candidates, cfg.activation_candidates, include=cfg.include, exclude=cfg.exclude,
@@ -130,17 +131,19 @@ class SSPSSearch(DivergenceGuard, LogitsObjective):
                         cell.calibrating = False
         finally:
             space.model.train(was_training)
-        self._build_constraints()
+        self.build_constraints()
 
-    def _build_constraints(self) -> None:
+    def build_constraints(self) -> None:
+        """Costs, targets and a fresh decider from the config's budgets and the layer profile (§4, §6).
+
+        The one chain of :func:`ssps_nni.constraints.build_constraints` (the command line's early
+        check uses it too). Raises ``BudgetError`` for an unreachable budget.
+        """
         space = self.space
-        self.costs = {
-            name: SpaceCost(model, self.profiles, space.searched, space.pinned, space.candidates["w"], space.candidates["a"])
-            for name, model in self.cost_models.items()
-        }
-        self.targets = {b.cost: b.target(self.costs[b.cost]) for b in self.config.budgets}
-        constraints = [Constraint(self.costs[b.cost], self.targets[b.cost], b.spec) for b in self.config.budgets]
-        self.decider = SequentialDecider(space, constraints, self.config.decider)
+        built = build_constraints(self.config, self.profiles, space.searched, space.pinned, space.candidates["w"],
+                                  space.candidates["a"], self.cost_models)
+        self.costs, self.targets = built.costs, built.targets
+        self.decider = SequentialDecider(space, built.constraints, self.config.decider)
 
     def _require_prepared(self):
         if self.decider is None:

@@ -9,25 +9,33 @@ penalty a :class:`~ssps_nni.penalty.ConstraintLoss` (§5). Every driver builds i
 it on: the mmengine hook and the NNI strategy in ``__init__`` (from a ``SearchConfig`` or from
 the same plain options), the command line in ``validate()``; :class:`~ssps_nni.search.SSPSSearch`
 takes it as is. A driver that learns the search length later (a runner, a trainer) builds it
-with :meth:`SearchConfig.from_options` and then calls :meth:`SearchConfig.with_schedule`, which
-neither parses nor checks the budgets and candidates again. What needs the model (whether a
-budget is reachable, §4) is checked where the model is known, on these ``Budget`` objects.
-``from ssps_nni.search import SearchConfig`` keeps working.
+with :meth:`SearchConfig.from_options` (drivers: :func:`ssps_nni.driver_config.driver_config`) and
+then calls :meth:`SearchConfig.with_schedule` (``dataclasses.replace``), which neither parses nor
+checks the budgets and candidates again. What needs the model (whether a budget is reachable, §4)
+is checked where the model is known, on these ``Budget`` objects (:mod:`ssps_nni.constraints`).
+
+Immutable in fact: the fields hold what was given (``budget``) or its checked form
+(``candidates``, ``budgets``), each set once by the dataclass's own ``__init__`` (the checked
+fields are descriptor-typed, :class:`Checked`); ``decider`` and ``constraint_loss`` are cached
+properties computed from the fields. ``from ssps_nni.search import SearchConfig`` keeps working.
 """
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field, fields
-from typing import Mapping
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
+from typing import Callable, Mapping
 
 from .convert import DEFAULT_CANDIDATES, DEFAULT_PINNED_BITS, check_candidates
-from .cost import parse_budgets
+from .cost import Budget, budget_items, parse_budgets
 from .decider import DeciderConfig
+from .errors import BudgetError, CostOptionsError, UnusedCostOptionsError
 from .penalty import PENALTY_FORMS, ConstraintLoss
 from .scores import SCORE_FORMS
-from .score_calibration import CALIBRATIONS
 
-
+#: The budget of a search that names none (§4): every searched layer at W4A4 BitOPs.
+DEFAULT_BUDGET = "bitops=W4A4"
+#: ``score_calibration`` values: none, or the measured / adapted loss increase (§10.2).
+CALIBRATIONS = ("none", "measured", "adapted")
 #: The search length a config is checked with before the real one is known (optimizer steps).
 PLACEHOLDER_STEPS = 10**6
 
@@ -43,19 +51,77 @@ def resolve_steps(value, total: int, least: int = 0) -> int:
 COST_OPTIONS_FORM = "a mapping {cost: {option: value}}, e.g. {'lut': {'path': 'lut.json'}}"
 
 
-def _check_cost_options(options) -> None:
+def check_cost_options(options) -> None:
     """``options`` is :data:`COST_OPTIONS_FORM` (a string would pass its characters as cost names).
 
     Raises:
-        ValueError: not a mapping, or a cost whose options are not a mapping (names what was given).
+        CostOptionsError: not a mapping, or a cost whose options are not a mapping (names what was given).
     """
     if not isinstance(options, Mapping):
-        raise ValueError(f"cost_options must be {COST_OPTIONS_FORM}; got a {type(options).__name__}: "
+        raise CostOptionsError(f"cost_options must be {COST_OPTIONS_FORM}; got a {type(options).__name__}: "
                          f"{str(options)[:80]!r}")
     for cost, value in options.items():
         if not isinstance(value, Mapping):
-            raise ValueError(f"cost_options[{cost!r}] must be a mapping {{option: value}} (cost_options is "
+            raise CostOptionsError(f"cost_options[{cost!r}] must be a mapping {{option: value}} (cost_options is "
                              f"{COST_OPTIONS_FORM}); got a {type(value).__name__}: {str(value)[:80]!r}")
+
+
+
+
+class Checked:
+    """A field checked once, as the dataclass's ``__init__`` sets it (a descriptor-typed field).
+
+    ``dataclasses`` passes a descriptor-typed field's value to :meth:`__set__`, also in a frozen
+    class, whose ``__setattr__`` refuses every later write; the checked value is kept in the
+    instance's ``__dict__`` under the field's own name (this descriptor's storage).
+
+    Args:
+        check: ``check(config, value) -> checked value`` (raises on bad input); it sees the
+            fields declared before this one.
+        default: the field's default, returned on the class.
+        name: the field's name, for one given as ``field(default=Checked(...))`` (which Python
+            does not announce to the descriptor).
+    """
+
+    def __init__(self, check: Callable, default, name: str | None = None):
+        self.check, self.default, self.name = check, default, name
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, config, owner=None):
+        return self.default if config is None else config.__dict__[self.name]
+
+    def __set__(self, config, value) -> None:
+        if value is self:  # the default of a field(default=Checked(...))
+            value = self.default
+        config.__dict__[self.name] = self.check(config, value)
+
+
+def checked_bits(value, kind: str):
+    """``value`` as sorted unique bit-widths (None stays None), checked with the one rule (§1).
+
+    A plain tuple (it goes into checkpoints); :meth:`SearchConfig.with_schedule` passes the sorted
+    tuple back, whose check is a range test of a few integers, not a parse.
+    """
+    return None if value is None else check_candidates(value, kind)
+
+
+def parse_budget_field(budget, budgets) -> tuple:
+    """``budgets`` when they are ``budget`` parsed (as :meth:`SearchConfig.with_schedule` passes
+    them on), else ``budget`` parsed here (§4; ``Budget`` objects pass unparsed).
+
+    Raises:
+        BudgetError, UnknownCostError: as :func:`~ssps_nni.cost.parse_budgets`.
+    """
+    if budgets is not None:
+        try:
+            texts = [b.spec if isinstance(b, Budget) else b for b in budget_items(budget)]
+        except BudgetError:
+            texts = None  # parse_budgets gives the message
+        if texts == [b.spec for b in budgets]:
+            return tuple(budgets)
+    return tuple(parse_budgets(budget))
 
 
 @dataclass(frozen=True)
@@ -64,15 +130,17 @@ class SearchConfig:
 
     Attributes:
         budget: ``'bitops=W4A4'``, ``'size=1.5MB,bitops=2e9'``, a list, a dict, a ``Budget``
-            or a tuple of them (§4); after construction a tuple of parsed ``Budget`` objects
-            (also :attr:`budgets`; :attr:`budget_spec` gives the text back).
+            or a tuple of them (§4), kept as given (:attr:`budget_spec` gives the text back).
+        budgets: (keyword only) the parsed ``budget``, a tuple of ``Budget`` objects, one per
+            cost; parsed at construction unless the ``budgets`` given are ``budget`` parsed (as
+            ``dataclasses.replace`` passes them on in :meth:`with_schedule`).
         candidates / a_candidates: weight / activation bit-widths (§1); activations default
             to the weight candidates (``a_candidates`` stays None, :attr:`activation_candidates`
-            resolves it). After construction sorted unique tuples, checked with the one rule
-            of :func:`~ssps_nni.convert.check_candidates` (weights 2..32, activations 1..32).
+            resolves it). Held as sorted unique tuples, checked with the one rule of
+            :func:`~ssps_nni.convert.check_candidates` (weights 2..32, activations 1..32).
         include, exclude, pinned, pinned_bits: which layers (``convert.py``).
         cost_options: ``{cost name: kwargs}``, e.g. ``{'lut': {'path': 'lut.json'}}`` (a mapping of
-            mappings; anything else raises ``ValueError``).
+            mappings; anything else raises ``CostOptionsError``).
         signal: ``'dense'`` (default): the logits learn from every candidate's score, tapped in
             the one backward (§3.1); ``'sampled'``: only through the sampled path's residual (§3).
         score, score_ema: form of the dense scores (``'squared'`` Fisher-style or ``'signed'``)
@@ -97,17 +165,22 @@ class SearchConfig:
             (default) follows the search length (§3.2): ``max(3e-3, logits_move / search_steps)``
             with ``search_steps = total_steps - warmup_steps``.
         seed: seed of the path sampler.
+        decider, constraint_loss (properties): the decider's options (§6) and the constraint
+            loss of the penalty (§5; None for ``'lagrange'``), built from the fields.
 
     Raises:
         BudgetError, UnknownCostError: malformed budget text, unknown cost, two budgets on one
             cost (the message lists the accepted forms).
         CandidateError: empty candidates, not integers, or out of range.
+        CostOptionsError: ``cost_options`` not a mapping of mappings, or for a cost with no budget.
         ValueError: unknown keyword (from ``from_dict``) or another value out of range.
     """
 
-    budget: object = "bitops=W4A4"
-    candidates: tuple = DEFAULT_CANDIDATES
-    a_candidates: tuple | None = None
+    budget: object = DEFAULT_BUDGET
+    budgets: tuple = field(default=Checked(lambda config, value: parse_budget_field(config.budget, value), None,
+                                           "budgets"), kw_only=True)  # THE parse of the budget text (§4)
+    candidates: tuple = Checked(lambda config, value: checked_bits(value, "weight"), DEFAULT_CANDIDATES)
+    a_candidates: tuple | None = Checked(lambda config, value: checked_bits(value, "activation"), None)
     include: list | None = None
     exclude: list | None = None
     pinned: object = "default"
@@ -140,10 +213,7 @@ class SearchConfig:
     seed: int = 0
 
     def __post_init__(self):
-        budgets = tuple(parse_budgets(self.budget))  # Budget objects pass through unparsed
-        candidates = check_candidates(self.candidates, "weight")
-        a_candidates = None if self.a_candidates is None else check_candidates(self.a_candidates, "activation")
-        _set(self, budget=budgets, candidates=candidates, a_candidates=a_candidates)
+        # budget, budgets, candidates and a_candidates were checked as the fields were set (Checked)
         if self.signal not in ("dense", "sampled"):
             raise ValueError(f"unknown signal {self.signal!r}; accepted: dense, sampled")
         if self.score not in SCORE_FORMS:
@@ -154,40 +224,38 @@ class SearchConfig:
             raise ValueError(f"score_fraction must be in (0, 1], got {self.score_fraction}")
         if not 0 <= float(self.score_ema) < 1:
             raise ValueError(f"score_ema must be in [0, 1), got {self.score_ema}")
-        if self.penalty == "lagrange":
-            if self.signal != "dense":
-                raise ValueError("penalty 'lagrange' needs signal='dense' (it prices the budget from the "
-                                 f"dense scores); with signal='sampled' use one of {', '.join(PENALTY_FORMS)}")
-            _set(self, constraint_loss=None)
-        else:
-            _set(self, constraint_loss=ConstraintLoss(self.penalty, self.lam, self.beta))
+        if self.penalty == "lagrange" and self.signal != "dense":
+            raise ValueError("penalty 'lagrange' needs signal='dense' (it prices the budget from the "
+                             f"dense scores); with signal='sampled' use one of {', '.join(PENALTY_FORMS)}")
+        self.constraint_loss  # noqa: B018  (checks the penalty form and weights now)
         if self.logits_lr is not None and not float(self.logits_lr) > 0:
             raise ValueError(f"logits_lr must be > 0 or None (follow the search length), got {self.logits_lr}")
         if not float(self.logits_move) > 0:
             raise ValueError(f"logits_move must be > 0, got {self.logits_move}")
-        _check_cost_options(self.cost_options)
-        unknown = set(self.cost_options) - {b.cost for b in budgets}
+        check_cost_options(self.cost_options)
+        unknown = sorted(set(self.cost_options) - {b.cost for b in self.budgets})
         if unknown:
-            raise ValueError(f"cost_options for {sorted(unknown)} but no budget on those costs")
-        self._check_schedule()
+            raise UnusedCostOptionsError(f"cost_options for {unknown} but no budget on those costs", unknown)
+        self.decider  # noqa: B018  (checks the schedule now)
 
-    def _check_schedule(self) -> None:
-        """The decider's options (§6), which depend on the search length."""
-        _set(self, decider=DeciderConfig(
+    @cached_property
+    def decider(self) -> DeciderConfig:
+        """The decider's options (§6), which depend on the search length; raises ``ValueError`` out of range."""
+        return DeciderConfig(
             total_steps=int(self.total_steps), warmup_steps=int(self.warmup_steps), interval=int(self.interval),
             threshold=self.threshold, measure=self.certainty, schedule=self.schedule,
             schedule_start=float(self.schedule_start), prune_epsilon=self.prune_epsilon, guard=bool(self.guard),
-        ))
+        )
 
-    @property
-    def budgets(self) -> tuple:
-        """The parsed budgets, one ``Budget`` per cost (§4)."""
-        return self.budget
+    @cached_property
+    def constraint_loss(self) -> ConstraintLoss | None:
+        """The constraint loss of ``penalty`` (§5); None for ``'lagrange'``, which prices the budget instead."""
+        return None if self.penalty == "lagrange" else ConstraintLoss(self.penalty, self.lam, self.beta)
 
     @property
     def budget_spec(self) -> str:
         """The budgets as the user wrote them, comma-joined (e.g. ``'bitops=W4A4'``)."""
-        return ",".join(b.spec.strip() for b in self.budget)
+        return ",".join(b.spec.strip() for b in self.budgets)
 
     @property
     def activation_candidates(self) -> tuple:
@@ -196,7 +264,8 @@ class SearchConfig:
 
     def with_schedule(self, total_steps: int, warmup_steps: int | float = 0,
                       interval: int | float = 1) -> "SearchConfig":
-        """This config for a search of ``total_steps`` optimizer steps; nothing else is checked again.
+        """This config for a search of ``total_steps`` optimizer steps; the budgets and candidates
+        are not parsed or checked again (``dataclasses.replace`` passes their checked form on).
 
         Args:
             total_steps: the search length (optimizer steps).
@@ -207,11 +276,8 @@ class SearchConfig:
             ValueError: a schedule the decider refuses (§6).
         """
         total = int(total_steps)
-        new = copy.copy(self)
-        _set(new, total_steps=total, warmup_steps=resolve_steps(warmup_steps, total),
-             interval=resolve_steps(interval, total, least=1))
-        new._check_schedule()
-        return new
+        return replace(self, total_steps=total, warmup_steps=resolve_steps(warmup_steps, total),
+                       interval=resolve_steps(interval, total, least=1))
 
     @classmethod
     def check_keys(cls, options: Mapping) -> None:
@@ -250,6 +316,7 @@ class SearchConfig:
         return cls(**options)
 
     def to_dict(self) -> dict:
+        """Every field (``budget`` as given, ``budgets`` parsed); :meth:`from_dict` takes it back unparsed."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @property
@@ -259,9 +326,3 @@ class SearchConfig:
             return float(self.logits_lr)
         return max(3e-3, float(self.logits_move) / max(int(self.total_steps) - int(self.warmup_steps), 1))
 
-
-
-def _set(config: SearchConfig, **values) -> None:
-    """Set attributes of a frozen config (its own normalisation, before anyone else sees it)."""
-    for name, value in values.items():
-        object.__setattr__(config, name, value)

@@ -154,7 +154,7 @@ def retarget(search: SSPSSearch, budget) -> None:
         cell = search.space.cell(l)
         for slot in SLOTS:
             cell.set_mask(slot, torch.ones(len(cell.candidates(slot)), dtype=torch.bool))
-    search._build_constraints()
+    search.build_constraints()
     search.fill_info, search.finished = None, False
 
 
