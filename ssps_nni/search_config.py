@@ -284,12 +284,13 @@ class SearchConfig:
         """Refuse keys that are no field of this class.
 
         Raises:
-            ValueError: the unknown keys and the accepted ones.
+            ValueError: the unknown keys and the accepted ones (the options a user gives: every
+                field but ``budgets``, the parsed ``budget``).
         """
         known = {f.name for f in fields(cls)}
         bad = sorted(set(options) - known)
         if bad:
-            raise ValueError(f"unknown SSPS option(s) {bad}; accepted: {', '.join(sorted(known))}")
+            raise ValueError(f"unknown SSPS option(s) {bad}; accepted: {', '.join(sorted(known - {'budgets'}))}")
 
     @classmethod
     def from_options(cls, options: Mapping, total_steps: int | None = None, warmup_steps: int | float = 0,

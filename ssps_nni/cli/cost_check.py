@@ -28,7 +28,9 @@ from dataclasses import asdict, fields
 from importlib import metadata
 from pathlib import Path
 
+from ..errors import SSPSError
 from .common import InputError, dataset_paths
+from .hook_config import build_hook, hook_options, invalid_option, search_config, search_total_steps
 
 #: Hook options that decide which layers are searched or pinned, and on which samples they are profiled.
 PROFILE_OPTIONS = ('include', 'exclude', 'pinned', 'pinned_bits', 'calib_batches', 'calib_batch_size', 'seed')
@@ -127,8 +129,6 @@ def measure_profile(cfg, hook, key: str) -> dict:
     from ssps_nni.mmengine.qat import build_model_from_cfg
     from ssps_nni.search import SSPSSearch
 
-    from .methods import search_total_steps
-
     loader_cfg = dict(cfg.train_dataloader, num_workers=0, persistent_workers=False)
     with DefaultScope.overwrite_default_scope(cfg.get('default_scope', None)), preserved_rng():
         loader = Runner.build_dataloader(loader_cfg, seed=0)
@@ -146,8 +146,20 @@ def measure_profile(cfg, hook, key: str) -> dict:
             'samples': num_samples}
 
 
+def record_profile(record: dict) -> tuple[dict, list, dict]:
+    """``(profiles, searched, pinned)`` of a profile record (:func:`measure_profile`): ``LayerProfile``
+    objects, the searched layer names, ``{layer: (w_bits, a_bits)}`` of the pinned ones."""
+    from ssps_nni.cost import LayerProfile
+
+    profiles = {n: LayerProfile(**p) for n, p in record['profiles'].items()}
+    return profiles, list(record['searched']), {n: tuple(b) for n, b in record['pinned'].items()}
+
+
 def check(record: dict, config) -> None:
     """The hook's budget check (``ssps_nni.decider.check_reachable``) on a profile record.
+
+    The constraints are the search's own (:func:`ssps_nni.constraints.build_constraints`, which
+    ``SSPSSearch.build_constraints`` calls too), on the record's layer profile.
 
     Args:
         record: a profile record (:func:`measure_profile`).
@@ -157,12 +169,13 @@ def check(record: dict, config) -> None:
 
     Raises:
         InputError: a budget below the cheapest policy (the core's message).
-        SSPSError, ValueError: options the core refuses (a dict ``config`` only).
+        SSPSError, ValueError: options the core refuses (a dict ``config`` only), or a cost
+            model that cannot be built or priced (a LUT).
     """
     import torch
 
-    from ssps_nni.cost import LayerProfile, SpaceCost, build_cost_model
-    from ssps_nni.decider import Constraint, check_reachable
+    from ssps_nni.constraints import build_constraints
+    from ssps_nni.decider import check_reachable
     from ssps_nni.errors import BudgetError
     from ssps_nni.search_config import SearchConfig
 
@@ -170,19 +183,42 @@ def check(record: dict, config) -> None:
         known = {f.name for f in fields(SearchConfig)} - set(LENGTH_OPTIONS)
         config = SearchConfig.from_dict({k: v for k, v in config.items() if k in known})
     w_c, a_c = config.candidates, config.activation_candidates
-    profiles = {n: LayerProfile(**p) for n, p in record['profiles'].items()}
-    searched, pinned = record['searched'], {n: tuple(b) for n, b in record['pinned'].items()}
-    constraints = []
-    for budget in config.budgets:
-        cost = SpaceCost(build_cost_model(budget.cost, **config.cost_options.get(budget.cost, {})),
-                         profiles, searched, pinned, w_c, a_c)
-        constraints.append(Constraint(cost, budget.target(cost), budget.spec))
+    profiles, searched, pinned = record_profile(record)
+    constraints = build_constraints(config, profiles, searched, pinned, w_c, a_c).constraints
     masks_w = torch.ones(len(searched), len(w_c), dtype=torch.bool)
     masks_a = torch.ones(len(searched), len(a_c), dtype=torch.bool)
     try:
         check_reachable(constraints, masks_w, masks_a)
     except BudgetError as err:
         raise InputError(str(err)) from None
+
+
+def check_budget_reachable(cfg, config=None) -> None:
+    """Refuse an unreachable budget before the runner, with the hook's own check (docs/algorithm.md §4).
+
+    The layer profile comes from the cache (torch only), or is measured as
+    ``SSPSHook.before_train`` measures it (the model built by the registries, the hook's
+    calibration samples, no runner) and cached.
+
+    Args:
+        config: the config's :func:`~ssps_nni.cli.hook_config.search_config` (built here when
+            None); its parsed budgets are the ones checked.
+
+    Raises:
+        InputError: a budget below the cheapest policy (with the reachable range), or an SSPS
+            option the core refuses.
+    """
+    if config is None:
+        config = search_config(cfg)
+    key = profile_key(cfg, hook_options(cfg))
+    record = read_profile(key)
+    if record is None:
+        record = measure_profile(cfg, build_hook(cfg, config), key)
+        write_profile(record)
+    try:
+        check(record, config)
+    except (SSPSError, ValueError, TypeError) as err:
+        raise invalid_option(err) from err
 
 
 def main(argv=None) -> int:
@@ -196,7 +232,7 @@ def main(argv=None) -> int:
         0 stored (or already cached), 2 bad input (one error line).
     """
     from .common import fail
-    from .search import build_config, check_args, check_budget_reachable, parse_args
+    from .search_args import build_config, check_args, parse_args
 
     prog = 'python -m ssps_nni.cli.cost_check'
     args = parse_args(argv, prog)

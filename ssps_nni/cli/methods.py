@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .common import InputError
+from .hook_config import build_hook, search_total_steps
 
 
 DEFAULT_MEASURE_BATCHES = 4
@@ -45,12 +46,6 @@ def check_score_options(args) -> None:
     args.measure_batches = args.measure_batches or DEFAULT_MEASURE_BATCHES
 
 
-def search_total_steps(hook) -> int:
-    """A search length the hook's warm-up fits in (one-shot methods take no search step)."""
-    warmup = hook.warmup_steps
-    return int(warmup) + 1 if isinstance(warmup, int) and not isinstance(warmup, bool) else 1
-
-
 def prepared_search(cfg):
     """The search set-up without training: ``(runner, model, search, train_loader)``.
 
@@ -68,9 +63,7 @@ def prepared_search(cfg):
     from ssps_nni.mmengine.calibration import calibration_loader, forward_fn, preserved_rng
     from ssps_nni.search import SSPSSearch
 
-    from .search import build_hook  # the hook the search itself would build (one validation path)
-
-    hook = build_hook(cfg)
+    hook = build_hook(cfg)  # the hook the search itself would build (its config: the one shared by the command)
     runner = Runner.from_cfg(cfg)
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     if cfg.get('load_from', None):

@@ -284,15 +284,19 @@ def main(argv=None, prog: str = PROG) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         check_args(args)
-        from .search import build_config, check_inputs, search_config
+        from ssps_nni.driver_config import shared
+
+        from .hook_config import hook_options, search_config
+        from .search_args import build_config, check_inputs
 
         cfg = build_config(args)
-        search_config(cfg)
+        config = search_config(cfg)  # the one parse of --budget; the run's hook takes this config (shared)
         check_inputs(cfg)
         if args.out is None:
             args.out = str(Path('work_dirs') / f'sensitivity_{Path(args.config).stem}')
         cfg.work_dir = args.out
-        paths = run(cfg, args)
+        with shared(config, hook_options(cfg)):
+            paths = run(cfg, args)
     except (InputError, SSPSError) as err:
         return fail(prog, err)
     for path in paths.values():

@@ -186,7 +186,7 @@ class GracefulStop:
                 self.saving = False
         for hook in runner.hooks:
             if type(hook).__name__ == 'SSPSHook' and getattr(hook, 'search', None) is not None:
-                hook._write_policy(runner, final=False)  # policy.partial.json of this step
+                hook.write_policy(runner, final=False)  # policy.partial.json of this step
         raise Interrupted(self.requested, checkpoint, completed)
 
     def _skip_trained(self, runner) -> None:

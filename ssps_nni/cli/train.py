@@ -35,7 +35,7 @@ from .common import (DEFAULT_CONFIG_NAME, InputError, add_cfg_options, add_confi
                      check_load_from, check_output_dir, config_path, default_work_dir, fail, read_policy,
                      work_dir_room)
 from .lock import work_dir_lock
-from .search import SSPS_TYPES
+from .hook_config import SSPS_TYPES
 from .search_start import continue_from_search, policy_file
 
 PROG = 'ssps train'

@@ -51,40 +51,18 @@ from mmengine.optim import OptimWrapper, OptimWrapperDict
 from mmengine.registry import HOOKS
 
 from ..convert import DEFAULT_CANDIDATES
+from ..driver_config import HOOK_OPTIONS, config_or_options
 from ..errors import SSPSError
-from ..policy import PARTIAL_POLICY_JSON, PARTIAL_POLICY_PNG, POLICY_JSON, POLICY_PNG, plot_policy
+from ..policy import PARTIAL_POLICY_JSON, POLICY_JSON
 from ..search import SSPSSearch
-from ..search_config import PLACEHOLDER_STEPS, SearchConfig
+from ..search_config import DEFAULT_BUDGET, SearchConfig
 from .calibration import calibration_loader, forward_fn, preserved_rng
+from .hook_files import divergence_hint, move_earlier_policy, task_loss, write_policy_files
 from .loops import late_stop, stop_training
 from .optim import add_param_group, find_optim_wrapper, loss_scale, reduce_logit_grads
 from .report import cost_lines, reference_text
 
-__all__ = ['SSPSHook', 'HOOK_OPTIONS']
-
-#: Where an earlier search's ``policy.json`` goes when a new search starts in its work dir.
-EARLIER_POLICY_JSON, EARLIER_POLICY_PNG = 'policy.earlier.json', 'policy.earlier.png'
-
-
-DEFAULT_BUDGET = 'bitops=W4A4'
-#: The hook's own keyword arguments (not :class:`SearchConfig` fields, or read in runner terms).
-HOOK_OPTIONS = ('total_steps', 'warmup_steps', 'interval', 'calib_batches', 'calib_batch_size',
-                'stop_when_done', 'plot_interval_s')
-
-
-def _task_loss(losses: dict) -> torch.Tensor:
-    """The sum ``parse_losses`` will form from the task's entries (for the ``mul`` form)."""
-    terms = []
-    for key, value in losses.items():
-        if 'loss' not in key:
-            continue
-        if isinstance(value, torch.Tensor):
-            terms.append(value.mean())
-        elif isinstance(value, (list, tuple)):
-            terms.extend(v.mean() for v in value if isinstance(v, torch.Tensor))
-    if not terms:
-        raise ValueError(f'SSPSHook found no loss entry in the loss dict (keys: {list(losses)})')
-    return sum(terms)
+__all__ = ['SSPSHook', 'HOOK_OPTIONS']  # HOOK_OPTIONS: ssps_nni.driver_config's, the one list
 
 
 @HOOKS.register_module()
@@ -114,9 +92,11 @@ class SSPSHook(Hook):
         **options: any other :class:`ssps_nni.search_config.SearchConfig` field (``penalty``,
             ``lam``, ``tau_max``, ``threshold``, ``pinned``, ``exclude``, ``seed``...).
 
-    The typed config is built once, here (:meth:`SearchConfig.from_options`): the budget text
-    is parsed and the candidates checked only then; ``before_run`` sets the runner's search
-    length with :meth:`SearchConfig.with_schedule`, which checks neither again.
+    The typed config is built once, here (:func:`ssps_nni.driver_config.config_or_options`): the
+    budget text is parsed and the candidates checked only then, or not at all when ``ssps
+    search`` shares the config it built from the same options (``driver_config.shared``);
+    ``before_run`` sets the runner's search length with :meth:`SearchConfig.with_schedule`,
+    which checks neither again.
 
     Raises (at construction, so before training):
         CandidateError, BudgetError, UnknownCostError, ValueError: bad options; the message
@@ -131,20 +111,10 @@ class SSPSHook(Hook):
                  warmup_steps: int | float = 0, interval: int | float = 1, calib_batches: int = 4,
                  calib_batch_size: int | None = None, stop_when_done: bool = True,
                  plot_interval_s: float = 30.0, config: SearchConfig | None = None, **options):
-        if config is None:
-            self.config = SearchConfig.from_options(dict(options, budget=budget, candidates=candidates),
-                                                    total_steps, warmup_steps, interval)
-        elif not isinstance(config, SearchConfig):
-            raise TypeError(f'SSPSHook config must be a SearchConfig, got {type(config).__name__}; '
-                            'in a config file give its fields as keyword arguments instead')
-        else:
-            SearchConfig.check_keys(options)
-            given = sorted(options) + [k for k, v, d in (('budget', budget, DEFAULT_BUDGET),
-                                                         ('candidates', candidates, DEFAULT_CANDIDATES)) if v is not d]
-            if given:
-                raise ValueError(f'SSPSHook takes config= or SearchConfig options, not both (got config= and {given})')
-            self.config = config.with_schedule(int(total_steps) if total_steps is not None else PLACEHOLDER_STEPS,
-                                               warmup_steps, interval)
+        given = sorted(options) + [k for k, v, d in (('budget', budget, DEFAULT_BUDGET),
+                                                     ('candidates', candidates, DEFAULT_CANDIDATES)) if v is not d]
+        self.config = config_or_options('SSPSHook', config, dict(options, budget=budget, candidates=candidates),
+                                        given, total_steps, warmup_steps, interval)
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps
         self.interval = interval
@@ -260,12 +230,7 @@ class SSPSHook(Hook):
         """
         if not is_main_process():
             return
-        work_dir = Path(runner.work_dir)
-        moved = []
-        for name, earlier in ((POLICY_JSON, EARLIER_POLICY_JSON), (POLICY_PNG, EARLIER_POLICY_PNG)):
-            if (work_dir / name).is_file():
-                (work_dir / name).replace(work_dir / earlier)
-                moved.append(f'{name} -> {earlier}')
+        moved = move_earlier_policy(runner.work_dir)
         if moved:
             runner.logger.info(f'SSPS: this work dir held an earlier search\'s result; moved {", ".join(moved)} '
                                f'(this search writes {POLICY_JSON} when it ends)')
@@ -278,7 +243,7 @@ class SSPSHook(Hook):
             return None
         if self.search is None or self.search.decider is None or self._locating:
             return None
-        task = _task_loss(output)
+        task = task_loss(output)
         with torch.autocast(device_type=task.device.type, enabled=False):
             term, _ = self.search.loss_term(task.float())
         self._check_loss(task.detach().float() + term.detach(), module, args, kwargs)
@@ -314,18 +279,8 @@ class SSPSHook(Hook):
         raise self.search.diverged('the training loss is not finite', None, where, self._divergence_hint())
 
     def _divergence_hint(self) -> str:
-        """What to do after a divergence: the learning rate now, and the last good checkpoint."""
-        runner = self._runner
-        lr = ''
-        if self.optim_wrapper is not None:
-            lr = f' (optim_wrapper.optimizer.lr is {self.optim_wrapper.param_groups[0]["lr"]:g} at this step)'
-        checkpoint = 'no checkpoint was saved before this step'
-        if runner is not None:
-            last = Path(runner.work_dir) / 'last_checkpoint'
-            if last.is_file() and last.read_text().strip():
-                checkpoint = f'the last checkpoint, saved before this step, is {last.read_text().strip()}'
-        return (f'Lower the learning rate{lr}, or check the cost LUT and the mixed-precision (fp16) settings, '
-                f'then start the search again; {checkpoint}.')
+        """What to do after a divergence (:func:`~ssps_nni.mmengine.hook_files.divergence_hint`)."""
+        return divergence_hint(self.optim_wrapper, None if self._runner is None else self._runner.work_dir)
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         self._checked = False
@@ -357,7 +312,7 @@ class SSPSHook(Hook):
             runner.logger.info(
                 f'SSPS step {search.step}: fixed {len(fixed)} decision(s), {space.num_decided}/'
                 f'{space.num_decisions} decided, log10 search space {space.log10_size():.2f}')
-            self._write_policy(runner, final=False)
+            self.write_policy(runner, final=False)
         if search.done and not search.finished:
             search.finish()  # the fill now: no step trains a policy that the fill then changes
             if self.stop_when_done and stop_training(runner, f'SSPS: every decision made at step {search.step}'):
@@ -385,35 +340,31 @@ class SSPSHook(Hook):
         """
         policy = self.search.finish()
         if not policy.final:
-            self._write_policy(runner, final=False)
+            self.write_policy(runner, final=False)
             raise SSPSError(f'SSPS: the finished policy is over its budget ({policy.status()}); it is not written '
                             f'as {POLICY_JSON} (snapshot: {Path(runner.work_dir) / PARTIAL_POLICY_JSON})')
-        self._write_policy(runner, final=True)
+        self.write_policy(runner, final=True)
         self._final_written = True
         runner.logger.info('SSPS policy:\n' + policy.table())
         for line in cost_lines(policy):
             runner.logger.info(f'SSPS {line}')
         runner.logger.info(f'SSPS: wrote {Path(runner.work_dir) / POLICY_JSON}')
 
-    def _write_policy(self, runner, final: bool) -> None:
-        """The policy and its figure in ``work_dir`` (atomic writes, rank 0 only).
+    def write_policy(self, runner, final: bool) -> None:
+        """The policy and its figure in ``work_dir`` (atomic writes, rank 0 only; ``cli/stop.py``
+        writes the snapshot of an interrupted step with it).
 
         ``final``: ``policy.json`` / ``policy.png``, and the partial snapshot is removed; else
-        the snapshot ``policy.partial.json`` / ``policy.partial.png`` (``"final": false``).
+        the snapshot ``policy.partial.json`` / ``policy.partial.png`` (``"final": false``), its
+        figure at most once per ``plot_interval_s``.
         """
         if not is_main_process():
             return
-        policy = self.search.policy()
-        work_dir = Path(runner.work_dir)
-        json_name, png_name = (POLICY_JSON, POLICY_PNG) if final else (PARTIAL_POLICY_JSON, PARTIAL_POLICY_PNG)
-        policy.save(work_dir / json_name)
         now = time.monotonic()
-        if final or self._last_plot is None or now - self._last_plot >= self.plot_interval_s:
-            plot_policy(policy, self.search.decider.history, work_dir / png_name)
+        plot = self._last_plot is None or now - self._last_plot >= self.plot_interval_s
+        write_policy_files(self.search.policy(), self.search.decider.history, runner.work_dir, final, plot)
+        if final or plot:
             self._last_plot = now
-        if final:
-            for name in (PARTIAL_POLICY_JSON, PARTIAL_POLICY_PNG):
-                (work_dir / name).unlink(missing_ok=True)
 
     # -- checkpoint --------------------------------------------------------------------------
 

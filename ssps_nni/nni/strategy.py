@@ -28,16 +28,17 @@ from torch import nn
 
 from ..cell import QuantCellMixin
 from ..convert import DEFAULT_CANDIDATES, DEFAULT_PINNED_BITS, SearchSpace, check_candidates
+from ..driver_config import SCHEDULE_OPTIONS, config_or_options
 from ..errors import NoQuantizableLayersError, SSPSError
 from ..policy import Policy
 from ..sampler import SLOTS, PathSampler
 from ..search import SSPSSearch
-from ..search_config import SearchConfig
+from ..search_config import DEFAULT_BUDGET, SearchConfig
 from .lightning import SSPSLightningModule
 from .space import QuantizationSpace
 from .supermodule import QuantSuperNetModule
 
-SCHEDULE_FIELDS = ("total_steps", "warmup_steps", "interval")
+SCHEDULE_FIELDS = SCHEDULE_OPTIONS
 #: SearchConfig fields that the NNI space decides (``quantization_space``), not SSPS's options.
 SPACE_FIELDS = frozenset({"candidates", "a_candidates", "include", "exclude", "pinned", "pinned_bits"})
 #: Their defaults as a constructed ``SearchConfig`` holds them (candidates sorted).
@@ -66,9 +67,10 @@ class SSPS(OneShotStrategy):
             ``lam``, ``threshold``, ``tau_max``, ``seed``, ...). Candidates, include, exclude
             and pinned layers come from the space.
 
-    The typed config is built once, here: the budget text is parsed and the options checked
-    only then; ``mutate_evaluator`` sets the search length with
-    :meth:`SearchConfig.with_schedule`, which checks neither again.
+    The typed config is built once, here (:func:`ssps_nni.driver_config.config_or_options`, as
+    the mmengine hook): the budget text is parsed and the options checked only then;
+    ``mutate_evaluator`` sets the search length with :meth:`SearchConfig.with_schedule`, which
+    checks neither again.
 
     Raises:
         BudgetError, CandidateError (at construction): as :class:`SearchConfig`.
@@ -77,7 +79,7 @@ class SSPS(OneShotStrategy):
         any training step).
     """
 
-    def __init__(self, budget="bitops=W4A4", *, config: SearchConfig | None = None, unit: str = "epoch",
+    def __init__(self, budget=DEFAULT_BUDGET, *, config: SearchConfig | None = None, unit: str = "epoch",
                  total: int | None = None, warmup: int = 0, interval: int = 1, bilevel: bool = False, input_fn=None,
                  gradient_clip_val: float | None = None, log_every_n_steps: int = 10,
                  mutation_hooks=None, **options):
@@ -85,23 +87,19 @@ class SSPS(OneShotStrategy):
         if unit not in ("epoch", "step"):
             raise SSPSError(f"unit must be 'epoch' or 'step', got {unit!r}")
         if isinstance(budget, SearchConfig):
-            budget, config = "bitops=W4A4", budget if config is None else config
+            budget, config = DEFAULT_BUDGET, budget if config is None else config
         bad = sorted(set(options) & (SPACE_FIELDS | set(SCHEDULE_FIELDS)))
         if bad:
             raise SSPSError(f"{bad} are set by the space or by total/warmup/interval, not by SSPS options")
-        if config is None:
-            config = SearchConfig.from_options(dict(options, budget=budget), total_steps=2)
-        elif not isinstance(config, SearchConfig):
-            raise SSPSError(f"SSPS config must be a SearchConfig, got {type(config).__name__}")
-        else:
-            SearchConfig.check_keys(options)
-            if options:
-                raise SSPSError(f"SSPS takes a SearchConfig or options, not both (got a config and {sorted(options)})")
+        given = sorted(options) + (["budget"] if budget is not DEFAULT_BUDGET else [])
+        # the search length is the trainer's, known in mutate_evaluator (with_schedule there)
+        checked = config_or_options("SSPS", config, dict(options, budget=budget), given)
+        if config is not None:
             set_by_space = sorted(f for f in SPACE_FIELDS if getattr(config, f) != SPACE_DEFAULTS[f])
             if set_by_space:
                 raise SSPSError(f"{set_by_space} are set by the space (quantization_space(model, candidates=...)), "
                                 "not by the SearchConfig given to SSPS")
-        self.config = config
+        self.config = checked
         self.unit, self.total, self.warmup, self.interval = unit, total, int(warmup), int(interval)
         self.bilevel = bilevel
         self.input_fn = input_fn or _first_input

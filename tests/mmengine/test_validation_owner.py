@@ -91,11 +91,17 @@ def test_cli_validate_parses_the_budget_once(parse_count, search_tool, tiny_conf
     assert config.warmup_steps == 2
 
 
-def test_cli_hook_options_are_the_hooks():
-    from ssps_nni.cli.search import HOOK_OPTIONS as CLI_HOOK_OPTIONS
-    from ssps_nni.mmengine.hook import HOOK_OPTIONS
+def test_one_list_of_hook_options():
+    """The hook and the command line read one ``HOOK_OPTIONS``: ``ssps_nni.driver_config``'s."""
+    import inspect
 
-    assert CLI_HOOK_OPTIONS == HOOK_OPTIONS
+    from ssps_nni.cli import search
+    from ssps_nni.driver_config import HOOK_OPTIONS
+    from ssps_nni.mmengine.hook import HOOK_OPTIONS as HOOK_MODULE_OPTIONS
+
+    assert HOOK_MODULE_OPTIONS is HOOK_OPTIONS and not hasattr(search, 'HOOK_OPTIONS')
+    own = [p for p in inspect.signature(SSPSHook).parameters if p not in ('budget', 'candidates', 'config', 'options')]
+    assert tuple(own) == HOOK_OPTIONS
 
 
 def test_strategy_parses_the_budget_once(parse_count):
@@ -136,3 +142,14 @@ def test_one_candidate_rule(bad, search_tool, tiny_config, tmp_path, capsys):
     with pytest.raises(CandidateError) as space:  # the NNI strategy's candidates come from the space
         nni_space.quantization_space(small_model(), candidates=bad)
     assert str(space.value) == message
+
+
+@pytest.mark.parametrize('method', ['ssps', 'random'])
+def test_one_search_parses_the_budget_once(method, parse_count, search_tool, tiny_config, tmp_path, capsys):
+    """``ssps search`` parses ``--budget`` once per process: the runner's hook (or the one-shot
+    method's) takes the command line's typed config from ``ssps_nni.driver_config``."""
+    code = search_tool.main([str(tiny_config), '--work-dir', str(tmp_path), '--budget', 'bitops=W3A3',
+                             '--method', method, '--cfg-options', 'custom_hooks.0.total_steps=3'])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / 'policy.json').is_file()
+    assert parse_count == ['bitops=W3A3']
