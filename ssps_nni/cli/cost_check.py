@@ -155,40 +155,50 @@ def record_profile(record: dict) -> tuple[dict, list, dict]:
     return profiles, list(record['searched']), {n: tuple(b) for n, b in record['pinned'].items()}
 
 
-def check(record: dict, config) -> None:
-    """The hook's budget check (``ssps_nni.decider.check_reachable``) on a profile record.
-
-    The constraints are the search's own (:func:`ssps_nni.constraints.build_constraints`, which
-    ``SSPSSearch.build_constraints`` calls too), on the record's layer profile.
+def record_constraints(record: dict, config):
+    """The search's costs, targets and constraints (:func:`ssps_nni.constraints.build_constraints`,
+    which ``SSPSSearch.build_constraints`` calls too) on a profile record (:func:`measure_profile`).
 
     Args:
-        record: a profile record (:func:`measure_profile`).
         config: the typed :class:`~ssps_nni.search_config.SearchConfig` of the run (its parsed
-            budgets, checked candidates and cost options are applied to the record here; nothing
-            is parsed again), or the hook's options as a dict (built into one here).
+            budgets, checked candidates and cost options; nothing is parsed again), or the
+            hook's options as a dict (built into one here).
 
     Raises:
-        InputError: a budget below the cheapest policy (the core's message).
         SSPSError, ValueError: options the core refuses (a dict ``config`` only), or a cost
             model that cannot be built or priced (a LUT).
     """
-    import torch
-
     from ssps_nni.constraints import build_constraints
-    from ssps_nni.decider import check_reachable
-    from ssps_nni.errors import BudgetError
     from ssps_nni.search_config import SearchConfig
 
     if not isinstance(config, SearchConfig):
         known = {f.name for f in fields(SearchConfig)} - set(LENGTH_OPTIONS)
         config = SearchConfig.from_dict({k: v for k, v in config.items() if k in known})
-    w_c, a_c = config.candidates, config.activation_candidates
     profiles, searched, pinned = record_profile(record)
-    constraints = build_constraints(config, profiles, searched, pinned, w_c, a_c).constraints
-    masks_w = torch.ones(len(searched), len(w_c), dtype=torch.bool)
-    masks_a = torch.ones(len(searched), len(a_c), dtype=torch.bool)
+    return build_constraints(config, profiles, searched, pinned, config.candidates, config.activation_candidates)
+
+
+def check(record: dict, config) -> None:
+    """The hook's budget check (``ssps_nni.decider.check_reachable``) on a profile record.
+
+    Args:
+        record, config: as :func:`record_constraints`.
+
+    Raises:
+        InputError: a budget below the cheapest policy (the core's message).
+        SSPSError, ValueError: as :func:`record_constraints`.
+    """
+    import torch
+
+    from ssps_nni.decider import check_reachable
+    from ssps_nni.errors import BudgetError
+
+    built = record_constraints(record, config)
+    searched = record['searched']
+    masks_w = torch.ones(len(searched), len(built.constraints[0].cost.candidates['w']), dtype=torch.bool)
+    masks_a = torch.ones(len(searched), len(built.constraints[0].cost.candidates['a']), dtype=torch.bool)
     try:
-        check_reachable(constraints, masks_w, masks_a)
+        check_reachable(built.constraints, masks_w, masks_a)
     except BudgetError as err:
         raise InputError(str(err)) from None
 
