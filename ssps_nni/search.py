@@ -134,14 +134,9 @@ class SSPSSearch(DivergenceGuard, LogitsObjective):
         self.build_constraints()
 
     def build_constraints(self) -> None:
-        """Costs, targets and a fresh decider from the config's budgets and the layer profile (§4, §6).
-
-        The one chain of :func:`ssps_nni.constraints.build_constraints` (the command line's early
-        check uses it too). Raises ``BudgetError`` for an unreachable budget.
-        """
-        space = self.space
-        built = build_constraints(self.config, self.profiles, space.searched, space.pinned, space.candidates["w"],
-                                  space.candidates["a"], self.cost_models)
+        """Costs, targets and a fresh decider (§4, §6): :func:`ssps_nni.constraints.build_constraints`."""
+        space, w_a = self.space, (self.space.candidates["w"], self.space.candidates["a"])
+        built = build_constraints(self.config, self.profiles, space.searched, space.pinned, *w_a, self.cost_models)
         self.costs, self.targets = built.costs, built.targets
         self.decider = SequentialDecider(space, built.constraints, self.config.decider)
 

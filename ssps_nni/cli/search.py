@@ -15,6 +15,14 @@ input exits with status 2 and one ``ssps search: error:`` line, no traceback and
 the policy table, its cost, the target and the reference costs (FP32, W8A8, all-minimum,
 all-maximum).
 
+``--budget`` is parsed once, into the typed config of the hook's options
+(:func:`ssps_nni.cli.hook_config.search_config`); the early check and the run take that object
+(the runner's ``SSPSHook`` through :func:`ssps_nni.driver_config.shared`). The parts: the options
+and the run's mmengine config (:mod:`~ssps_nni.cli.search_args`), the hook entry and the typed
+config (:mod:`~ssps_nni.cli.hook_config`), the reachability check
+(:mod:`~ssps_nni.cli.cost_check`), the one-shot methods (:mod:`~ssps_nni.cli.methods`), what is
+printed (:mod:`~ssps_nni.cli.search_result`).
+
 The search ends right after the step of its last decision (docs/algorithm.md §6): a config's
 default epoch loop is replaced by ``SSPSEpochBasedTrainLoop`` (:mod:`ssps_nni.cli.train_loop`),
 which stops mid-epoch; the checkpoint of that step (``iter_N.pth``) is the one ``ssps train
@@ -58,13 +66,12 @@ import sys
 from ..errors import SSPSError
 from .common import InputError, fail
 from .cost_check import check_budget_reachable
-from .hook_config import (SSPS_TYPES, build_hook, hook_options, import_custom, search_config,  # noqa: F401
-                          ssps_hook_cfg)
+from .hook_config import build_hook, hook_options, search_config
 from .lock import work_dir_lock
 from .methods import run_random, run_sensitivity
 from .resume import check_resume
-from .search_args import (DEFAULT_SENSITIVITY_BATCHES, METHODS, PROG, apply_args, build_config,  # noqa: F401
-                          check_args, check_inputs, parse_args, split_candidates)
+# parse_args, check_args, build_config, check_inputs: also ssps sweep's (search_cli.*) and the tests'
+from .search_args import PROG, build_config, check_args, check_inputs, parse_args
 from .search_result import explained, interrupted_message, print_result
 from .stop import GracefulStop
 

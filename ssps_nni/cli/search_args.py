@@ -53,7 +53,7 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
 def check_args(args) -> None:
     """The checks that need no import: ``--method`` and its options, the form of ``--candidates``.
     Fills the ``--sensitivity-batches`` default. The budget and the candidates' range are the
-    typed config's (:func:`search_config`, the one rule of docs/algorithm.md §1, §4).
+    typed config's (:func:`ssps_nni.cli.hook_config.search_config`; docs/algorithm.md §1, §4).
 
     Raises:
         InputError: ``--sensitivity-batches`` below 1 or without ``--method sensitivity``;
@@ -78,7 +78,7 @@ def check_args(args) -> None:
 
 
 def split_candidates(text: str) -> tuple[int, ...]:
-    """``'2,4,8'`` -> ``(2, 4, 8)``: the form only; their range is checked by :func:`search_config`.
+    """``'2,4,8'`` -> ``(2, 4, 8)``: the form only; the typed config checks their range.
 
     Raises:
         InputError: an entry that is not an integer.
@@ -120,11 +120,11 @@ def apply_args(cfg, args) -> None:
 
 
 def build_config(args):
-    """The resolved config of this run (CLI > config), before :func:`validate`.
+    """The resolved config of this run (CLI > config), before its checks (``ssps_nni.cli.search``).
 
     ``args.config`` None becomes the default run's config (``mmdet_configs/`` of the repository).
     The config's ``custom_imports`` are not imported yet (that loads the training stack):
-    :func:`import_custom` does it once the cheap checks have passed.
+    :func:`ssps_nni.cli.hook_config.import_custom` does it once the cheap checks have passed.
 
     Raises:
         InputError: the config file does not exist.

@@ -82,7 +82,8 @@ def test_search_config_is_immutable_and_parsed_once(monkeypatch):
         config.budget = 'size=1MB'
     later = config.with_schedule(40, 0.25, 2)
     assert calls == ['bitops=W4A4', 'size=W4A8']  # not parsed again
-    assert (later.total_steps, later.warmup_steps, later.decider.total_steps, later.decider.warmup_steps) == (40, 10, 40, 10)
+    assert (later.total_steps, later.warmup_steps) == (40, 10)
+    assert (later.decider.total_steps, later.decider.warmup_steps, later.decider.interval) == (40, 10, 2)
     assert later.budget == BUDGETS and later.budgets == config.budgets
     assert (config.total_steps, config.decider.total_steps) == (1000, 1000)  # the original is unchanged
     other = dataclasses.replace(config, budget='size=1MB')  # a new budget is parsed, not the old one kept
