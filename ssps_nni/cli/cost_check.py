@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
@@ -34,8 +34,6 @@ from .hook_config import build_hook, hook_options, invalid_option, search_config
 
 #: Hook options that decide which layers are searched or pinned, and on which samples they are profiled.
 PROFILE_OPTIONS = ('include', 'exclude', 'pinned', 'pinned_bits', 'calib_batches', 'calib_batch_size', 'seed')
-#: Options of the search length: no part of whether a budget can be met.
-LENGTH_OPTIONS = ('total_steps', 'warmup_steps', 'interval')
 PACKAGES = ('torch', 'torchvision', 'mmcv', 'mmengine', 'mmpretrain', 'mmdet')
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
@@ -160,20 +158,15 @@ def record_constraints(record: dict, config):
     which ``SSPSSearch.build_constraints`` calls too) on a profile record (:func:`measure_profile`).
 
     Args:
-        config: the typed :class:`~ssps_nni.search_config.SearchConfig` of the run (its parsed
-            budgets, checked candidates and cost options; nothing is parsed again), or the
-            hook's options as a dict (built into one here).
+        config: the typed :class:`~ssps_nni.search_config.SearchConfig` of the run
+            (:func:`~ssps_nni.cli.hook_config.search_config`): its parsed budgets, checked
+            candidates and cost options; nothing is parsed again.
 
     Raises:
-        SSPSError, ValueError: options the core refuses (a dict ``config`` only), or a cost
-            model that cannot be built or priced (a LUT).
+        UnknownCostError, LutMissingError, LutError: a cost model that cannot be built or priced.
     """
     from ssps_nni.constraints import build_constraints
-    from ssps_nni.search_config import SearchConfig
 
-    if not isinstance(config, SearchConfig):
-        known = {f.name for f in fields(SearchConfig)} - set(LENGTH_OPTIONS)
-        config = SearchConfig.from_dict({k: v for k, v in config.items() if k in known})
     profiles, searched, pinned = record_profile(record)
     return build_constraints(config, profiles, searched, pinned, config.candidates, config.activation_candidates)
 
@@ -186,7 +179,7 @@ def check(record: dict, config) -> None:
 
     Raises:
         InputError: a budget below the cheapest policy (the core's message).
-        SSPSError, ValueError: as :func:`record_constraints`.
+        SSPSError: as :func:`record_constraints`.
     """
     import torch
 

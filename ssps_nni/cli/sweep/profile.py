@@ -9,13 +9,13 @@ from __future__ import annotations
 
 def space_costs(record: dict, config) -> dict:
     """``{cost name: SpaceCost}`` for every cost a sweep can price (``budgets.SWEEP_COSTS``)."""
-    from ssps_nni.cost import LayerProfile, SpaceCost, build_cost_model
+    from ssps_nni.cost import SpaceCost, build_cost_model
 
+    from ..cost_check import record_profile
     from .budgets import SWEEP_COSTS
 
-    profiles = {n: LayerProfile(**p) for n, p in record['profiles'].items()}
-    pinned = {n: tuple(b) for n, b in record['pinned'].items()}
-    return {name: SpaceCost(build_cost_model(name), profiles, record['searched'], pinned, config.candidates,
+    profiles, searched, pinned = record_profile(record)
+    return {name: SpaceCost(build_cost_model(name), profiles, searched, pinned, config.candidates,
                             config.activation_candidates) for name in SWEEP_COSTS}
 
 
