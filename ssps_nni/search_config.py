@@ -7,8 +7,9 @@ candidate rule (:func:`~ssps_nni.convert.check_candidates`, §1: weights 2..32, 
 1..32), the decider's options become a :class:`~ssps_nni.decider.DeciderConfig` (§6) and the
 penalty a :class:`~ssps_nni.penalty.ConstraintLoss` (§5). Every driver builds it once and passes
 it on: the mmengine hook and the NNI strategy in ``__init__`` (from a ``SearchConfig`` or from
-the same plain options), the command line in ``validate()``; :class:`~ssps_nni.search.SSPSSearch`
-takes it as is. A driver that learns the search length later (a runner, a trainer) builds it
+the same plain options, :func:`ssps_nni.driver_config.config_or_options`), the command line in
+``ssps_nni.cli.hook_config.search_config`` (and its run's hook takes that object);
+:class:`~ssps_nni.search.SSPSSearch` takes it as is. A driver that learns the search length later (a runner, a trainer) builds it
 with :meth:`SearchConfig.from_options` (drivers: :func:`ssps_nni.driver_config.driver_config`) and
 then calls :meth:`SearchConfig.with_schedule` (``dataclasses.replace``), which neither parses nor
 checks the budgets and candidates again. What needs the model (whether a budget is reachable, §4)
@@ -114,7 +115,7 @@ def parse_budget_field(budget, budgets) -> tuple:
     Raises:
         BudgetError, UnknownCostError: as :func:`~ssps_nni.cost.parse_budgets`.
     """
-    if budgets is not None:
+    if budgets is not None and all(isinstance(b, Budget) for b in budgets):
         try:
             texts = [b.spec if isinstance(b, Budget) else b for b in budget_items(budget)]
         except BudgetError:
