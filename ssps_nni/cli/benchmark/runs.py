@@ -121,7 +121,10 @@ def search_run(folder: Path, config: str, options: list[str], seed: int, budget_
     from mmengine.runner import Runner
 
     import ssps_nni.mmengine  # noqa: F401
+    from ssps_nni.driver_config import shared
     from ssps_nni.policy import load_policy
+
+    from ..hook_config import hook_options, ssps_hook_cfg
 
     tool = search_cli
     argv = [config, '--work-dir', str(folder), '--seed', str(seed), '--budget', budget_arg,
@@ -129,8 +132,8 @@ def search_run(folder: Path, config: str, options: list[str], seed: int, budget_
             f'experiment_name={folder.name}_{os.getpid()}']
     cfg = tool.build_config(tool.parse_args(argv))
     if not sequential:
-        tool.ssps_hook_cfg(cfg).update(threshold=None, schedule='none')
-    tool.validate(cfg)
+        ssps_hook_cfg(cfg).update(threshold=None, schedule='none')
+    config = tool.validate(cfg)  # the run's one parse of the budget (its hook takes this config: shared)
 
     class PolicyTrace(Hook):
         """The argmax policy after every optimizer step (decided bits, argmax for open ones)."""
@@ -156,7 +159,8 @@ def search_run(folder: Path, config: str, options: list[str], seed: int, budget_
                 self.all_decided = (search.step, self.last_step_s)
 
     trace = PolicyTrace()
-    runner = Runner.from_cfg(cfg)
+    with shared(config, hook_options(cfg)):
+        runner = Runner.from_cfg(cfg)
     runner.register_hook(trace)
     start = time.perf_counter()
     runner.train()

@@ -31,14 +31,18 @@ def search_argv(folder: Path, config: str, options: list[str], seed: int, budget
 
 def prepared(argv: list[str]):
     """``ssps search``'s checks and set-up of ``argv`` (no training): ``(cfg, runner, model, search, loader)``."""
+    from ssps_nni.driver_config import shared
+
     from .. import search as search_cli
+    from ..hook_config import hook_options
     from ..methods import prepared_search
 
     args = search_cli.parse_args(argv)
     search_cli.check_args(args)
     cfg = search_cli.build_config(args)
-    search_cli.validate(cfg)
-    return (cfg, *prepared_search(cfg))
+    config = search_cli.validate(cfg)  # the one parse of the budget; prepared_search's hook takes it (shared)
+    with shared(config, hook_options(cfg)):
+        return (cfg, *prepared_search(cfg))
 
 
 def scores_run(folder: Path, config: str, options: list[str], seed: int, budget_arg: str, load_from: str,
