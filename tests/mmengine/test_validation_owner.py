@@ -115,6 +115,24 @@ def test_strategy_parses_the_budget_once(parse_count):
     assert parse_count == ['bitops=W4A4', 'bitops=W4A4']  # once per strategy
 
 
+def test_strategy_and_hook_share_the_config_or_options_rule():
+    """One rule (``ssps_nni.driver_config.config_or_options``): a config or options, not both; a
+    config of another type; options that are no field (a hook option among them)."""
+    pytest.importorskip('nni')
+    from ssps_nni.errors import SSPSError
+    from ssps_nni.nni import SSPS
+
+    for make in (lambda **k: SSPS(**k), lambda **k: SSPSHook(**k)):
+        with pytest.raises(SSPSError, match=r"or SearchConfig options, not both \(got config= and \['lam'\]"):
+            make(config=SearchConfig(), lam=2.0)
+        with pytest.raises(TypeError, match='config must be a SearchConfig, got dict'):
+            make(config=dict(budget='size=1MB'))
+    with pytest.raises(SSPSError, match=r"not both \(got config= and \['budget'\]"):
+        SSPS('size=1MB', config=SearchConfig())
+    with pytest.raises(ValueError, match=r"unknown SSPS option\(s\) \['calib_batches'\]"):
+        SSPS(calib_batches=2)
+
+
 def test_strategy_refuses_layer_fields_in_a_config():
     pytest.importorskip('nni')
     from ssps_nni.errors import SSPSError
