@@ -63,7 +63,8 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
     add_config(parser)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument('--policy', help='policy.json written by ssps search, or the search\'s work dir; '
-                                       'training continues from that search\'s checkpoint unless --load-from is given')
+                                       'training continues from that search\'s checkpoint unless --load-from is given '
+                                       '(--resume: from this run\'s own work dir)')
     mode.add_argument('--uniform', metavar='WxAy',
                       help='every searched layer at x-bit weights, y-bit inputs (pinned layers at their bits)')
     parser.add_argument('--allow-partial', action='store_true',

@@ -134,5 +134,6 @@ def test_resume_without_a_checkpoint_of_its_own_is_refused(mode, request, tiny_c
     code = train_tool.main([str(tiny_config), *argv, '--work-dir', str(work_dir), '--resume'])
     err = capsys.readouterr().err
     assert code == 2 and len(err.splitlines()) == 1, err
-    assert 'found no checkpoint of an earlier training run' in err and 'give the --work-dir of the interrupted run' in err
+    assert 'found no checkpoint of an earlier training run' in err
+    assert 'give the --work-dir of the interrupted run' in err
     assert not any(work_dir.iterdir())
