@@ -102,7 +102,7 @@ def measured_increase(search, loss_fn: Callable[[object], torch.Tensor], batches
     """
     if reference not in ("float", "policy"):
         raise ValueError(f"reference must be 'float' or 'policy', got {reference!r}")
-    search._require_prepared()
+    search.require_prepared()
     batches = list(batches)
     if not batches:
         raise ValueError("measured_increase got no batch")
