@@ -157,7 +157,5 @@ def load_fixed_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], p
     if float_missing:
         raise ExportError(f"checkpoint lacks parameters of the model: {', '.join(float_missing[:8])}"
                           f"{' ...' if len(float_missing) > 8 else ''}")
-    for cell in cells.values():
-        cell._fixed_cache = None
     return [name for name, cell in cells.items()
             if not int(cell.initialized) and min(cell.bits()) < FLOAT_BITS]

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cell import QuantCellMixin
+from .cell import QuantCellMixin, conv_forward
 from .checkpoint import quant_cells
 from .errors import ExportError
 from .onnx_storage import INT4_OPSET, pack_int4, weights_to_initializers
@@ -176,7 +176,7 @@ def _make_export_forward(cell: QuantCellMixin, name: str, w_bits: int, a_bits: i
     a_args = _input_qdq_args(cell, a_bits) if a_bits < FLOAT_BITS else None
     if isinstance(cell, nn.Conv2d):
         def run(x, w):
-            return cell._conv_forward(x, w, cell.bias)
+            return conv_forward(cell, x, w, cell.bias)
     elif isinstance(cell, nn.Linear):
         def run(x, w):
             return F.linear(x, w, cell.bias)

@@ -61,7 +61,7 @@ def first_order_scores(search: SSPSSearch, loss_fn: Callable[[object], torch.Ten
     """
     if int(num_batches) < 1:
         raise ValueError(f"num_batches must be >= 1, got {num_batches}")
-    search._require_prepared()
+    search.require_prepared()
     space, model = search.space, search.model
     sampler = space.sampler
     was_training = model.training
@@ -125,8 +125,7 @@ def sensitivity_policy(search: SSPSSearch, scores: dict[str, torch.Tensor], time
     objective = s_w[:, :, None] + s_a[:, None, :]
     w_idx, a_idx = solve_mckp(objective, search.constraints(), time_limit=time_limit)
     _apply(search, w_idx, a_idx)
-    search.fill_info = search.budget_fill({"w": s_w, "a": s_a})
-    search.finished = True  # the method's result (final when within budget, docs/algorithm.md §8)
+    search.conclude(search.budget_fill({"w": s_w, "a": s_a}))  # final when within budget (docs/algorithm.md §8)
     policy = search.policy()
     policy.meta["method"] = "sensitivity"
     policy.meta["solve_s"] = round(time.perf_counter() - start, 3)
@@ -148,14 +147,14 @@ def retarget(search: SSPSSearch, budget) -> None:
     """
     import dataclasses
 
-    search._require_prepared()
+    search.require_prepared()
     search.config = dataclasses.replace(search.config, budget=budget)
     for l in range(len(search.space.searched)):
         cell = search.space.cell(l)
         for slot in SLOTS:
             cell.set_mask(slot, torch.ones(len(cell.candidates(slot)), dtype=torch.bool))
-    search._build_constraints()
-    search.fill_info, search.finished = None, False
+    search.build_constraints()
+    search.reopen()
 
 
 def policies_at(search: SSPSSearch, scores: dict[str, torch.Tensor], budgets) -> dict:
@@ -179,13 +178,13 @@ def random_policy(search: SSPSSearch, seed: int = 0, low: float = 0.97) -> Polic
     """
     from .solver import random_policy as draw
 
-    search._require_prepared()
+    search.require_prepared()
     space = search.space
     generator = torch.Generator().manual_seed(int(seed))
     w_idx, a_idx = draw(search.constraints(), len(space.candidates["w"]), len(space.candidates["a"]),
                         generator, low=low)
     _apply(search, w_idx, a_idx)
-    search.finished = True
+    search.conclude()
     policy = search.policy()
     policy.meta["method"] = "random"
     policy.meta["seed"] = int(seed)

@@ -268,7 +268,7 @@ def model_costs(model: torch.nn.Module, run: Callable[[], None], num_samples: in
     with preserved_rng(), _float_forward(model, cells.values()):
         profiles = profile_layers(model, layers, run, num_samples)
     for cell in cells.values():
-        cell._calib = None  # statistics of this pass are not a calibration
+        cell.clear_calibration()  # statistics of this pass are not a calibration
     out = {}
     for cost in (BitOpsCost(), SizeCost()):
         value = sum(cost.layer_cost(profiles[n], *bits[n]) for n in layers)
