@@ -178,7 +178,7 @@ def run_random(cfg, args) -> None:
 
 def write_policy(runner, policy, what: str, start: float, detail: str = '') -> None:
     """``policy.json`` and ``policy.png`` (no search history) in the work dir; log time and cost."""
-    from ssps_nni.policy import plot_policy
+    from ssps_nni.plots import plot_policy
 
     work_dir = Path(runner.work_dir)
     policy.save(work_dir / 'policy.json')

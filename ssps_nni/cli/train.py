@@ -237,7 +237,7 @@ def main(argv=None, prog: str = PROG) -> int:
         return fail(prog, err)
     from mmengine.dist import is_main_process
 
-    from ssps_nni.policy import atomic_write
+    from ssps_nni.files import atomic_write
 
     res = dict(result(runner, cfg, args, metrics), **times)  # wall seconds of the training and the test
     if is_main_process():

@@ -52,7 +52,8 @@ from mmengine.registry import HOOKS
 
 from ..convert import DEFAULT_CANDIDATES
 from ..errors import SSPSError
-from ..policy import PARTIAL_POLICY_JSON, PARTIAL_POLICY_PNG, POLICY_JSON, POLICY_PNG, plot_policy
+from ..plots import plot_policy
+from ..policy import PARTIAL_POLICY_JSON, PARTIAL_POLICY_PNG, POLICY_JSON, POLICY_PNG
 from ..search import SSPSSearch
 from ..search_config import PLACEHOLDER_STEPS, SearchConfig
 from .calibration import calibration_loader, forward_fn, preserved_rng
