@@ -65,7 +65,7 @@ def prepared_search(cfg):
     from mmengine.model import is_model_wrapper
     from mmengine.runner import Runner, load_checkpoint
 
-    from ssps_nni.mmengine.calibration import calibration_loader, forward_fn, preserved_rng
+    from ssps_nni.calibration_data import calibration_loader, forward_fn, preserved_rng
     from ssps_nni.search import SSPSSearch
 
     from .search import build_hook  # the hook the search itself would build (one validation path)
@@ -149,7 +149,7 @@ def run_sensitivity(cfg, args) -> None:
                      f'{time.perf_counter() - begin:.1f} s')
     if kind == 'adapted':
         from ssps_nni.adapted import adapted_increase
-        from ssps_nni.mmengine.score_prior import ADAPT_STEPS
+        from ssps_nni.calibrate_scores import ADAPT_STEPS
 
         begin = time.perf_counter()
         with torch.no_grad():

@@ -186,7 +186,7 @@ def result(runner, cfg, args, metrics: dict) -> dict:
     """Metrics next to the BitOPs and size of the trained model; the ``train_result.json`` content."""
     from mmengine.model import is_model_wrapper
 
-    from ssps_nni.mmengine.calibration import calibration_loader, forward_fn
+    from ssps_nni.calibration_data import calibration_loader, forward_fn
     from ssps_nni.mmengine.qat import QAT_POLICY_JSON, model_costs
 
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
