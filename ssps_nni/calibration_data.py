@@ -2,8 +2,9 @@
 
 A separate ``DataLoader`` over a few random samples of the training dataset (same samples on
 every rank, so profiles and calibration agree across ranks). A second ``iter()`` on the
-runner's own loader would reset persistent workers and share batch-sampler state. The random states of ``random``, numpy and torch are restored
-afterwards, so calibrating does not change the training run that follows (resume skips it).
+runner's own loader would reset persistent workers and share batch-sampler state. The random
+states of ``random``, numpy and torch are restored afterwards, so calibrating does not change
+the training run that follows (resume skips it).
 Nothing here imports mmengine: :func:`forward_fn` only calls the model as an mmengine
 ``BaseModel`` is called.
 """
