@@ -43,7 +43,7 @@ from .cell import QuantCellMixin, conv_forward
 from .checkpoint import quant_cells
 from .errors import ExportError
 from .onnx_storage import INT4_OPSET, pack_int4, weights_to_initializers
-from .policy import atomic_write
+from .files import atomic_write
 from .quant import FLOAT_BITS, activation_qrange, fake_quantize, weight_qrange
 
 __all__ = [
@@ -199,7 +199,7 @@ def _check_decided(name: str, cell: QuantCellMixin) -> None:
             raise ExportError(
                 f"layer {name!r} has an undecided {what} bit-width (candidates still open: {open_}); "
                 "export needs a fixed model: finish the search or build it with "
-                "ssps_nni.policy.apply_policy(model, policy)"
+                "ssps_nni.apply_policy.apply_policy(model, policy)"
             )
 
 
@@ -212,7 +212,7 @@ def _check_cell(name: str, cell: QuantCellMixin) -> tuple[int, int]:
             raise ExportError(
                 f"layer {name!r} has an undecided {what} bit-width (candidates still open: {open_}); "
                 "export needs a fixed model: finish the search or build it with "
-                "ssps_nni.policy.apply_policy(model, policy)"
+                "ssps_nni.apply_policy.apply_policy(model, policy)"
             )
         b = cell.candidates(slot)[k]
         if MAX_INT_BITS < b < FLOAT_BITS:
@@ -248,7 +248,7 @@ def onnx_export_mode(model: nn.Module) -> Iterator[dict[str, tuple[int, int]]]:
     if not cells:
         raise ExportError(
             f"{type(model).__name__} has no quantization cell; build the fixed model with "
-            "ssps_nni.policy.apply_policy(model, policy) first"
+            "ssps_nni.apply_policy.apply_policy(model, policy) first"
         )
     for name, cell in cells.items():  # every open decision first: the most useful message
         _check_decided(name, cell)
@@ -295,7 +295,7 @@ def export_onnx(
 ) -> Path:
     """Export a fixed mixed-precision model to ONNX with integer weights and QDQ inputs.
 
-    Every cell must be decided (:func:`ssps_nni.policy.apply_policy` builds such a model) and
+    Every cell must be decided (:func:`ssps_nni.apply_policy.apply_policy` builds such a model) and
     calibrated. Per quantized weight ``(C_out, ...)``: an integer initializer of its codes in
     ``[-(2^(b-1)-1), 2^(b-1)-1]`` (int8; INT4 for ``b <= 4`` from opset 21 on) and one
     ``DequantizeLinear`` per channel (``axis=0``, zero point 0): the file holds no float copy of

@@ -13,8 +13,8 @@ float model:
    ``(w, a)`` pair per layer: a multiple-choice knapsack solved exactly with HiGHS
    (``scipy.optimize.milp``), followed by the budget fill of §5.
 
-``random_policy`` gives the floor any search must clear: a random feasible policy that uses
-0.97 to 1.0 of every budget.
+``random_search_policy`` gives the floor any search must clear: a random feasible policy that
+uses 0.97 to 1.0 of every budget (:func:`ssps_nni.solver.random_policy` on the search's tables).
 """
 from __future__ import annotations
 
@@ -170,7 +170,7 @@ def policies_at(search: SSPSSearch, scores: dict[str, torch.Tensor], budgets) ->
     return out
 
 
-def random_policy(search: SSPSSearch, seed: int = 0, low: float = 0.97) -> Policy:
+def random_search_policy(search: SSPSSearch, seed: int = 0, low: float = 0.97) -> Policy:
     """A random feasible policy using ``low`` to 1.0 of every budget (the floor of §9).
 
     Random start, random lowering until feasible, then random raises until none fits
@@ -191,4 +191,5 @@ def random_policy(search: SSPSSearch, seed: int = 0, low: float = 0.97) -> Polic
     return policy
 
 
-__all__ = ["sensitivity_scores", "first_order_scores", "sensitivity_policy", "retarget", "policies_at", "random_policy"]
+__all__ = ["sensitivity_scores", "first_order_scores", "sensitivity_policy", "retarget", "policies_at",
+           "random_search_policy"]

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssps_nni.errors import BudgetError, CandidateError, NoQuantizableLayersError, UnknownCostError
-from ssps_nni.policy import apply_policy, load_policy
+from ssps_nni.apply_policy import apply_policy
+from ssps_nni.policy import load_policy
 from ssps_nni.search import SearchConfig, SSPSSearch
 from tiny_models import HandNet, hand_input, tensors_equal
 
