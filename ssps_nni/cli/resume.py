@@ -1,4 +1,4 @@
-"""``ssps search --resume``: a whole checkpoint to resume from.
+"""``ssps search --resume`` and ``ssps train --resume``: a whole checkpoint to resume from.
 
 A kill during a checkpoint save can leave a truncated ``epoch_N.pth`` that ``last_checkpoint``
 names; :func:`resume_from` detects it and takes the previous whole one (docs/algorithm.md §8).
@@ -43,12 +43,13 @@ def _checkpoint_number(path: Path) -> int:
     return int(CHECKPOINT_NAME.match(path.name).group(2))
 
 
-def resume_from(work_dir: str, warn=None) -> str:
+def resume_from(work_dir: str, warn=None, what: str = 'search') -> str:
     """The checkpoint ``--resume`` continues from: the one ``last_checkpoint`` names if it is whole.
 
     Args:
-        work_dir: the interrupted search's work dir.
+        work_dir: the interrupted run's work dir.
         warn: called with a one-line warning when an earlier checkpoint is taken instead.
+        what: the run, in the messages (``'search'``; ``ssps train``: ``'training run'``).
 
     Returns:
         The path of a checkpoint that :func:`resume_problem` accepts: the one named by
@@ -62,9 +63,9 @@ def resume_from(work_dir: str, warn=None) -> str:
     work = Path(work_dir)
     pointer = work / 'last_checkpoint'
     if not pointer.is_file():
-        raise InputError(f'--resume found no checkpoint of an earlier search in {work_dir} '
+        raise InputError(f'--resume found no checkpoint of an earlier {what} in {work_dir} '
                          '(no last_checkpoint file); give the --work-dir of the interrupted run, '
-                         'or leave out --resume to start a new search')
+                         f'or leave out --resume to start a new {what}')
     try:
         named = pointer.read_text().strip()
     except (OSError, UnicodeDecodeError) as err:
@@ -91,17 +92,20 @@ def resume_from(work_dir: str, warn=None) -> str:
                 warn(f'the latest checkpoint cannot be resumed: {problem}; resuming from the previous one, '
                      f'{candidate} (the steps after it are trained again)')
             return str(candidate)
-    raise InputError(f'--resume cannot continue the search in {work_dir}: {problem} (named by {pointer}), and no '
+    raise InputError(f'--resume cannot continue the {what} in {work_dir}: {problem} (named by {pointer}), and no '
                      'earlier epoch_N.pth or iter_N.pth there is readable. Give --load-from PTH with a whole '
-                     'checkpoint of this search, or leave out --resume to start a new search')
+                     f'checkpoint of this {what}, or leave out --resume to start a new {what}')
 
 
-def check_resume(cfg, args, warn=None) -> None:
+def check_resume(cfg, args, warn=None, what: str = 'search') -> None:
     """``--resume`` has a whole checkpoint to continue from (``load_from`` or the work dir's latest).
 
     With ``--resume`` and no ``--load-from``, ``cfg.load_from`` is set to the checkpoint of
     :func:`resume_from` (mmengine resumes from ``load_from`` when ``resume`` is set), so a
     truncated latest checkpoint is never handed to mmengine.
+
+    ``what``: the run, in the messages; any other than ``'search'`` (``ssps train``) skips the
+    check for the SSPS search state (the caller checks its own kind of checkpoint).
 
     Raises:
         InputError: no checkpoint to resume from, or none that is whole (names the file).
@@ -109,13 +113,13 @@ def check_resume(cfg, args, warn=None) -> None:
     if not args.resume:
         return
     if cfg.get('load_from') is None:
-        cfg.load_from = resume_from(cfg.work_dir, warn)
+        cfg.load_from = resume_from(cfg.work_dir, warn, what)
         cfg.resume = True
     else:
         problem = resume_problem(cfg.load_from)
         if problem:
-            raise InputError(f'--resume --load-from: {problem}; give a whole checkpoint of this search')
-    if getattr(args, 'method', 'ssps') == 'ssps' and not has_search_state(cfg.load_from):
+            raise InputError(f'--resume --load-from: {problem}; give a whole checkpoint of this {what}')
+    if what == 'search' and getattr(args, 'method', 'ssps') == 'ssps' and not has_search_state(cfg.load_from):
         raise InputError(f'--resume: {cfg.load_from} holds no SSPS search state (a retraining or FP32 '
                          'checkpoint, e.g. of ssps train in the same work dir); resume from a checkpoint of '
                          'this search (--load-from PTH), or start a new search without --resume')

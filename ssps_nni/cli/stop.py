@@ -8,6 +8,8 @@ checkpoint of that iteration (``iter_N.pth`` through ``runner.save_checkpoint``,
 resume line and exits with ``128 + signal`` (130 for SIGINT, 143 for SIGTERM). A second signal
 stops at once (after a checkpoint save in progress, which is never cut). Before training starts
 (building the runner, calibrating) there is no step to finish: the first signal stops at once.
+``ssps train`` stops the same way; it has no ``SSPSHook``, so no policy is written
+(:mod:`ssps_nni.cli.train_resume`).
 
 ``--resume`` from a checkpoint saved mid-epoch continues at the next iteration: mmengine's
 epoch loop restarts the epoch, so :meth:`GracefulStop._skip_trained` loads its batches that were

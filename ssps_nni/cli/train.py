@@ -3,7 +3,7 @@
     ssps train CONFIG --policy work_dirs/search [--load-from PTH]   # continues from the search
     ssps train CONFIG --uniform W4A4      # a uniform baseline, same schedule
     ssps train CONFIG                     # FP32 (e.g. to train the starting checkpoint)
-        [--work-dir DIR] [--seed N] [--cfg-options KEY=VALUE ...] [--device cpu|cuda] [--amp none|bf16|fp16]
+        [--work-dir DIR] [--resume] [--seed N] [--cfg-options KEY=VALUE ...] [--device cpu|cuda] [--amp none|bf16|fp16]
 
 The config is the search's own (``mmdet_configs/*_ssps*.py``): its ``SSPSHook`` is removed and,
 with ``--policy`` or ``--uniform``, a ``QuantPolicyHook`` takes its place (the search's layer
@@ -21,11 +21,18 @@ A search's interim snapshot (``policy.partial.json``, ``"final": false``: the se
 interrupted) is refused the same way, naming how far its search got and its cost against the
 budget; ``--allow-partial`` trains it anyway (its open decisions at their most probable bits)
 with that as a warning (:func:`ssps_nni.policy.require_final`).
+
+Ctrl-C (SIGINT) or SIGTERM (a scheduler's pre-emption): the current iteration finishes, a
+checkpoint of it is saved, one line names the iteration reached and how to resume, exit status
+130 / 143 (:class:`ssps_nni.cli.stop.GracefulStop`). ``--resume`` (the same command and
+``--work-dir``) continues from the work dir's last checkpoint, not from the search's; a work dir
+with no whole checkpoint, or with a search's, is refused (:mod:`ssps_nni.cli.train_resume`).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -37,6 +44,8 @@ from .common import (DEFAULT_CONFIG_NAME, InputError, add_cfg_options, add_confi
 from .lock import work_dir_lock
 from .hook_config import SSPS_TYPES
 from .search_start import continue_from_search, policy_file
+from .stop import GracefulStop, Interrupted
+from .train_resume import check_same_policy, check_train_resume, interrupted_message
 
 PROG = 'ssps train'
 RESULT_JSON = 'train_result.json'
@@ -54,7 +63,8 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
     add_config(parser)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument('--policy', help='policy.json written by ssps search, or the search\'s work dir; '
-                                       'training continues from that search\'s checkpoint unless --load-from is given')
+                                       'training continues from that search\'s checkpoint unless --load-from is given '
+                                       '(--resume: from this run\'s own work dir)')
     mode.add_argument('--uniform', metavar='WxAy',
                       help='every searched layer at x-bit weights, y-bit inputs (pinned layers at their bits)')
     parser.add_argument('--allow-partial', action='store_true',
@@ -62,6 +72,9 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
                              'with a warning naming its cost against the budget')
     add_load_from(parser, 'full-precision, search or QAT')
     add_work_dir(parser, 'work_dirs/<config name>_qat')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue an interrupted ssps train (Ctrl-C, SIGTERM, a kill) from the work dir\'s '
+                             'last checkpoint: the same command and --work-dir (--load-from PTH: from PTH)')
     add_seed(parser, 'the run and of the calibration samples')
     add_cfg_options(parser)
     add_device_amp(parser)  # --device, --amp (common.py)
@@ -113,8 +126,12 @@ def build_config(args):
     cfg.work_dir = args.work_dir if args.work_dir is not None else default_work_dir(cfg, args.config, '_qat')
     if args.load_from is not None:
         cfg.load_from = args.load_from
+    elif getattr(args, 'resume', False):
+        cfg.load_from = None  # the work dir's own last checkpoint (check_train_resume), not the search's
     else:
         args.continued_from = continue_from_search(cfg, args)
+    if getattr(args, 'resume', False):
+        cfg.resume = True  # mmengine resumes from load_from: weights, optimizer, schedulers, iteration
     return cfg
 
 
@@ -140,8 +157,11 @@ def check_policy(args, prog: str = PROG) -> None:
         print(f'{prog}: {warning}', file=sys.stderr)
 
 
-def validate(cfg) -> None:
+def validate(cfg):
     """Check the work dir, ``load_from``, data paths, the quantization options and the policy against the model.
+
+    Returns:
+        The policy the ``QuantPolicyHook`` trains (resolved for the model), or None (FP32).
 
     Raises:
         InputError, SSPSError: one-line messages; the policy's names the first mismatching layer;
@@ -155,6 +175,7 @@ def validate(cfg) -> None:
     check_load_from(cfg.get('load_from', None),
                     'Give a checkpoint (full-precision, search or QAT) of this model to start from (--load-from PTH).')
     check_data_paths(cfg)
+    policy = None
     for hook in cfg.custom_hooks:
         if hook.get('type') in HOOK_TYPES:
             options = {k: v for k, v in hook.items() if k not in ('type', 'priority')}
@@ -163,10 +184,11 @@ def validate(cfg) -> None:
             except TypeError as err:
                 raise InputError(f'invalid QuantPolicyHook option: {err}') from None
             try:
-                quant.resolve(build_model_from_cfg(cfg))  # PolicyError names the first mismatching layer
+                policy = quant.resolve(build_model_from_cfg(cfg))  # PolicyError names the first mismatching layer
             except PolicyError as err:
                 raise PolicyError(f'{err}; --policy takes a policy of this config\'s model (the policy.json '
                                   'that ssps search writes for it, or one of the NNI route with the same layers)') from None
+    return policy
 
 
 def evaluate(runner, cfg) -> dict:
@@ -186,7 +208,7 @@ def result(runner, cfg, args, metrics: dict) -> dict:
     """Metrics next to the BitOPs and size of the trained model; the ``train_result.json`` content."""
     from mmengine.model import is_model_wrapper
 
-    from ssps_nni.mmengine.calibration import calibration_loader, forward_fn
+    from ssps_nni.calibration_data import calibration_loader, forward_fn
     from ssps_nni.mmengine.qat import QAT_POLICY_JSON, model_costs
 
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
@@ -215,29 +237,40 @@ def summary(res: dict) -> str:
 
 def main(argv=None, prog: str = PROG) -> int:
     """Run ``ssps train``; returns the exit status (0 done, 2 bad input: also a non-final policy
-    without ``--allow-partial``)."""
+    without ``--allow-partial``, or ``--resume`` with nothing of this run to resume; 130 / 143
+    stopped by SIGINT / SIGTERM, with one line naming the iteration reached and how to resume)."""
     args = parse_args(argv, prog)
+    cfg = None
     try:
         check_policy(args, prog)
         cfg = build_config(args)
-        validate(cfg)
+        check_train_resume(cfg, args, warn=lambda text: print(f'{prog}: warning: {text}', file=sys.stderr))
+        check_same_policy(cfg, args, validate(cfg))
         if getattr(args, 'continued_from', None):
             print(f'{prog}: continuing from the search\'s checkpoint {args.continued_from} (its weights and step '
                   'sizes; --load-from PTH starts from another checkpoint)')
         from mmengine.runner import Runner
 
-        with work_dir_lock(cfg.work_dir, prog):  # one run per work dir (ssps_nni.cli.lock)
-            runner = Runner.from_cfg(cfg)
+        # one run per work dir (ssps_nni.cli.lock); SIGINT/SIGTERM end the iteration, then save and stop
+        with work_dir_lock(cfg.work_dir, prog), GracefulStop(prog) as stop:
+            runner = args.runner = Runner.from_cfg(cfg)
+            stop.attach(runner)
             started = time.perf_counter()
             runner.train()
             trained = time.perf_counter()
+            stop.training = False  # from here a signal stops at once: the last checkpoint is the trained model
+            if stop.requested is not None:  # came after the last iteration's hooks: the evaluation is left
+                raise Interrupted(stop.requested, None, runner.iter)
             metrics = evaluate(runner, cfg)
             times = {'train_s': trained - started, 'test_s': time.perf_counter() - trained}
     except (InputError, SSPSError) as err:
         return fail(prog, err)
+    except KeyboardInterrupt as err:  # also stop.Interrupted: SIGINT or SIGTERM
+        print(f'{prog}: {interrupted_message(cfg, args, err)}', file=sys.stderr)
+        return int(getattr(err, 'exit_status', 130))
     from mmengine.dist import is_main_process
 
-    from ssps_nni.policy import atomic_write
+    from ssps_nni.files import atomic_write
 
     res = dict(result(runner, cfg, args, metrics), **times)  # wall seconds of the training and the test
     if is_main_process():

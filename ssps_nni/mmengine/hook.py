@@ -53,14 +53,14 @@ from mmengine.registry import HOOKS
 from ..convert import DEFAULT_CANDIDATES
 from ..driver_config import HOOK_OPTIONS, config_or_options
 from ..errors import SSPSError
+from ..calibration_data import calibration_loader, forward_fn, preserved_rng
 from ..policy import PARTIAL_POLICY_JSON, POLICY_JSON
 from ..search import SSPSSearch
 from ..search_config import DEFAULT_BUDGET, SearchConfig
-from .calibration import calibration_loader, forward_fn, preserved_rng
-from .hook_files import divergence_hint, move_earlier_policy, task_loss, write_policy_files
+from ..search_outputs import divergence_hint, move_earlier_policy, task_loss, write_policy_files
 from .loops import late_stop, stop_training
 from .optim import add_param_group, find_optim_wrapper, loss_scale, reduce_logit_grads
-from .report import cost_lines, reference_text
+from ..cost_report import cost_lines, reference_text
 
 __all__ = ['SSPSHook', 'HOOK_OPTIONS']  # HOOK_OPTIONS: ssps_nni.driver_config's, the one list
 
@@ -216,7 +216,7 @@ class SSPSHook(Hook):
         elif not search.done:
             self._move_earlier_policy(runner)
             if search.config.score_calibration != 'none' and search.step == 0 and search.scores.scale is None:
-                from .score_prior import calibrate_scores  # §10.2; a resumed search keeps its factors
+                from ..calibrate_scores import calibrate_scores  # §10.2; a resumed search keeps its factors
 
                 calibrate_scores(search, self._inner, runner.train_dataloader, runner.logger.info)
         if self.stop_when_done and late_stop(runner.train_loop):
@@ -279,7 +279,7 @@ class SSPSHook(Hook):
         raise self.search.diverged('the training loss is not finite', None, where, self._divergence_hint())
 
     def _divergence_hint(self) -> str:
-        """What to do after a divergence (:func:`~ssps_nni.mmengine.hook_files.divergence_hint`)."""
+        """What to do after a divergence (:func:`~ssps_nni.search_outputs.divergence_hint`)."""
         return divergence_hint(self.optim_wrapper, None if self._runner is None else self._runner.work_dir)
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:

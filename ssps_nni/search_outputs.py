@@ -1,6 +1,8 @@
-"""What ``SSPSHook`` keeps in the run's work dir, and what it tells after a divergence.
+"""What a search driver keeps in its run's work dir, and what it tells after a divergence.
 
-Plain functions of their inputs (a work dir, a policy, an optimizer wrapper), no hook state:
+The mmengine ``SSPSHook``'s helpers that need no mmengine (so they live in the core: importing
+them loads no OpenMMLab package). Plain functions of their inputs (a work dir, a policy, an
+optimizer wrapper), no hook state:
 the policy files (docs/algorithm.md §8: ``policy.json`` / ``policy.png`` when final, the
 snapshot ``policy.partial.json`` / ``.png`` before), an earlier search's result moved aside, and
 the hint of :class:`~ssps_nni.errors.SearchDivergedError` (the learning rate, the last checkpoint).
@@ -11,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..policy import PARTIAL_POLICY_JSON, PARTIAL_POLICY_PNG, POLICY_JSON, POLICY_PNG, Policy, plot_policy
+from .plots import plot_policy
+from .policy import PARTIAL_POLICY_JSON, PARTIAL_POLICY_PNG, POLICY_JSON, POLICY_PNG, Policy
 
 #: Where an earlier search's ``policy.json`` goes when a new search starts in its work dir.
 EARLIER_POLICY_JSON, EARLIER_POLICY_PNG = 'policy.earlier.json', 'policy.earlier.png'
