@@ -161,11 +161,11 @@ def run_sensitivity(cfg, args) -> None:
 
 def run_random(cfg, args) -> None:
     """A random policy within the budget, drawn with the search's seed (``--seed``)."""
-    from ssps_nni.sensitivity import random_search_policy as random_policy
+    from ssps_nni.sensitivity import random_search_policy
 
     start = time.perf_counter()
     runner, _, search, _ = prepared_search(cfg)
-    policy = random_policy(search, search.config.seed)
+    policy = random_search_policy(search, search.config.seed)
     write_policy(runner, policy, f'random (seed {search.config.seed})', start)
 
 
