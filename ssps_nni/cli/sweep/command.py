@@ -237,7 +237,8 @@ def resolve(args) -> dict:
 
 
 def main(argv=None, prog: str = PROG) -> int:
-    """Run ``ssps sweep``; returns 0 (done), 1 (some runs failed), 2 (bad input), 130 (Ctrl-C)."""
+    """Run ``ssps sweep``; returns 0 (done), 1 (some runs failed), 2 (bad input), 130 / 143 (stopped by
+    SIGINT / SIGTERM: the finished runs kept, one line saying how to resume; ``signals``)."""
     args = parse_args(argv, prog)
     started = time.perf_counter()
     cwd = os.getcwd()
@@ -265,6 +266,9 @@ def main(argv=None, prog: str = PROG) -> int:
         return sweep(s, prog, started)
     except InputError as err:
         return fail(prog, err)
+    except KeyboardInterrupt:  # Ctrl-C while checking the options (sweep() handles its own)
+        print(f'{prog}: interrupted before any run started', file=sys.stderr)
+        return 130
     finally:
         os.chdir(cwd)
 
