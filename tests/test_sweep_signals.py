@@ -98,3 +98,26 @@ def test_a_signal_stops_the_sweep_keeps_the_finished_runs_and_resumes(jobs, sig,
         assert again.returncode == 0, err[-3000:]
         assert f'{RUNS - 2} runs done, 2 reused' in out  # fp32 and the retraining (= uniform W2A4)
         assert json.loads((work / 'frontier.json').read_text())['complete']
+
+
+def test_a_metric_the_runs_do_not_report_is_refused_and_overwrites_nothing(tmp_path, env):
+    """--metric foo/bar: refused after the first finished evaluation (one line naming the metrics the
+    runs report) before any frontier file is written; on a rerun, before any output."""
+    work = tmp_path / 'sweep'
+    work.mkdir()
+    earlier = {name: f'earlier {name}\n' for name in ('frontier.json', 'frontier.md')}
+    for name, text in earlier.items():
+        (work / name).write_text(text)
+    for attempt in ('first', 'rerun'):
+        proc = fake_sweep(work, env, '--metric', 'foo/bar')
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, err[-3000:]
+        assert sweep_lines(err) == ["ssps sweep: error: --metric 'foo/bar' is not reported by the runs; they report "
+                                    'accuracy/top1, accuracy/top5: give one of these (the finished runs are kept and '
+                                    'reused; no frontier file was written)'], (attempt, err[-3000:])
+        assert {name: (work / name).read_text() for name in earlier} == earlier, attempt
+        assert (work / 'runs' / 'fp32' / 'done.json').is_file()  # kept for the corrected command
+        assert not list(work.glob('runs/uniform_*')), attempt
+        if attempt == 'first':
+            (work / 'sweep.json').write_text('earlier\n')
+    assert (work / 'sweep.json').read_text() == 'earlier\n'  # a rerun is refused before any output

@@ -66,6 +66,18 @@ def plan_summary(s: dict) -> str:
     return '\n'.join(lines)
 
 
+def cached(jobs: list, out: Path) -> dict:
+    """The finished runs (``done.json`` of the same settings) among the jobs that need no other run."""
+    from ..benchmark.runs import RunCache
+
+    cache, found = RunCache(out, lambda msg: None), {}
+    for job in jobs:
+        made = job.make({}) if not job.deps else None
+        if isinstance(made, plan.Run) and (result := cache.lookup(job.name, made.settings)) is not None:
+            found[job.name] = result
+    return found
+
+
 def stopped_line(prog: str, signum: int, done: int, total: int, out: Path) -> str:
     """The one line of a sweep stopped by a signal: the runs done and how to resume."""
     what = 'interrupted' if signum == signal.SIGINT else f'stopped by {signal.Signals(signum).name}'
@@ -78,6 +90,11 @@ def sweep(s: dict, prog: str, started: float) -> int:
 
     Returns:
         0 done, 1 some runs failed, 128 + signal when stopped by SIGINT/SIGTERM (:mod:`.signals`).
+
+    Raises:
+        InputError: ``--metric`` names a metric that the finished runs do not report (checked on
+            the runs already finished, then on the first finished evaluation, before any output
+            is written).
     """
     from ..benchmark.common import environment
 
@@ -96,6 +113,7 @@ def sweep(s: dict, prog: str, started: float) -> int:
 
             env = environment('cuda' if torch.cuda.is_available() else 'cpu')
             jobs = plan.build(s)
+            frontier.check_metric(cached(jobs, out), s.get('metric'))  # a rerun: refused before any output
             from ssps_nni.policy import atomic_write
 
             atomic_write(out / 'sweep.json', json.dumps(s, indent=2, default=str) + '\n')
@@ -116,6 +134,7 @@ def sweep(s: dict, prog: str, started: float) -> int:
                 return state['metric']
 
             def write(results: dict, final: bool = False) -> dict:
+                frontier.check_metric(results, s.get('metric'))  # before anything is (over)written
                 data = frontier.build(s, results, len(jobs), priced, env)
                 frontier.write(out / 'frontier.json', data)
                 atomic_write(out / 'frontier.md', report.markdown(data) + '\n')
@@ -137,7 +156,7 @@ def sweep(s: dict, prog: str, started: float) -> int:
             if scheduler is not None:
                 try:
                     write(scheduler.results, final=True)
-                except KeyboardInterrupt:  # a second signal: no plots
+                except (KeyboardInterrupt, InputError):  # a second signal: no plots; a bad --metric: nothing
                     pass
             print(stopped_line(prog, signum, len(scheduler.results) if scheduler else 0, len(jobs), out),
                   file=sys.stderr)
