@@ -48,7 +48,7 @@ def adapted_increase(search, loss_fn: Callable[[object], torch.Tensor], train_ba
     """
     if steps < 1 or not train_batches or not eval_batches:
         raise ValueError("adapted_increase needs steps >= 1 and training and evaluation batches")
-    search._require_prepared()
+    search.require_prepared()
     space, model = search.space, search.model
     if space.num_decided:
         raise ValueError("adapted_increase needs every decision open (measure before the search decides)")

@@ -4,7 +4,7 @@ A checkpoint without step sizes (a float model's, see
 :func:`ssps_nni.checkpoint.load_fixed_state`) leaves cells uncalibrated; export needs them
 calibrated. :func:`calibrate_cells` runs a few batches through the model with the cells in
 calibration mode and initialises their step sizes. (The mmengine driver's
-``ssps_nni.mmengine.calibration`` supplies batches from a runner's dataloader for the search.)
+``ssps_nni.calibration_data`` supplies batches from a runner's dataloader for the search.)
 """
 from __future__ import annotations
 

@@ -19,6 +19,8 @@ following train-mode BatchNorm would cancel (§3).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,7 +53,11 @@ class QuantCellMixin:
     w_candidates: tuple[int, ...]
     a_candidates: tuple[int, ...]
 
-    def _init_cell(self, w_candidates, a_candidates) -> None:
+    def init_cell(self, w_candidates, a_candidates) -> None:
+        """Add the quantizer state to a just-built layer (every candidate allowed, step sizes 1).
+
+        Args: w_candidates, a_candidates: the weight and input bit-widths, in candidate order.
+        """
         self.w_candidates = tuple(int(b) for b in w_candidates)
         self.a_candidates = tuple(int(b) for b in a_candidates)
         channels = self.weight.shape[0]
@@ -66,6 +72,7 @@ class QuantCellMixin:
         self._fixed_cache: dict[str, int] | None = None
         self.calibrating = False
         self._calib: list[float] | None = None
+        self._forced: dict[str, int] = {}  # slot -> candidate index (-1: float) run by operand_at
         self.last_path: dict[str, int] = {}
 
     # -- decisions ---------------------------------------------------------------------------
@@ -80,7 +87,7 @@ class QuantCellMixin:
         buffer object, or an in-place write that bumps its version). Change a mask with
         :meth:`set_mask`. The search reads masks hundreds of times per step.
         """
-        buf = self._buffers[slot + "_mask"]
+        buf = getattr(self, slot + "_mask")
         cache = self.__dict__.setdefault("_mask_cache", {})
         hit = cache.get(slot)
         if hit is None or hit[0] is not buf or hit[1] != buf._version:
@@ -91,7 +98,7 @@ class QuantCellMixin:
         """Buffer ``name`` on the host: a mask as a CPU bool tensor, a 0-dim flag (``a_signed``,
         ``initialized``) as an int. Cached until the buffer changes, as :meth:`mask`: reading a CUDA
         buffer costs a device sync, and the forward reads these for every cell."""
-        buf = self._buffers[name]
+        buf = getattr(self, name)
         cache = self.__dict__.setdefault("_host_cache", {})
         hit = cache.get(name)
         if hit is None or hit[0] is not buf or hit[1] != buf._version:
@@ -138,6 +145,11 @@ class QuantCellMixin:
         """Let ``sampler`` pick the paths of this cell's open decisions (row ``layer`` of its logits)."""
         self._search = None if sampler is None else (sampler, layer)
 
+    @property
+    def attachment(self) -> tuple[PathSampler, int] | None:
+        """``(sampler, layer)`` given to :meth:`attach`, or None when no sampler is attached."""
+        return self._search
+
     def _require_sampler(self) -> tuple[PathSampler, int]:
         if self._search is None:
             raise RuntimeError(
@@ -170,6 +182,10 @@ class QuantCellMixin:
             self._calib = stats
         else:
             self._calib = [self._calib[0] + stats[0], self._calib[1] + stats[1], min(self._calib[2], stats[2])]
+
+    def clear_calibration(self) -> None:
+        """Forget the input statistics recorded so far (a pass that was not a calibration)."""
+        self._calib = None
 
     def calibration_stats(self) -> torch.Tensor | None:
         """``[sum |x|, numel, min x]`` of the inputs seen while calibrating (float64), or None."""
@@ -221,6 +237,9 @@ class QuantCellMixin:
         In the sampler's ``float_forward`` mode (sensitivity measurement) an open decision runs
         in float.
         """
+        if slot in self._forced:  # operand_at: this candidate, no sampling, tap or residual
+            self.last_path[slot] = k = self._forced[slot]
+            return v if k < 0 else self._quantize(slot, v, k)
         k, h = self._path(slot)
         self.last_path[slot] = k
         open_ = self._search is not None and self.fixed_index(slot) < 0
@@ -243,6 +262,19 @@ class QuantCellMixin:
             return quantize_weight(v, self.w_scale[k].abs().clamp_min(1e-8), bits, tap)
         return quantize_activation(v, self.a_scale[k].abs().clamp_min(1e-8), bits, bool(self.host("a_signed")), tap)
 
+    @contextlib.contextmanager
+    def operand_at(self, slot: str, index: int):
+        """Inside the block, run operand ``slot`` (``'w'`` or ``'a'``) at candidate ``index`` (-1: float).
+
+        The operand is exactly ``Q_index(v)`` (or ``v``): no sampling, score tap or residual; the
+        other operand runs as it would. Restored on exit, even on an error.
+        """
+        self._forced[slot] = index
+        try:
+            yield
+        finally:
+            del self._forced[slot]
+
     def _score_fn(self, slot: str):
         bits, allowed = self.candidates(slot), self.host(slot + "_mask")
         if slot == "w":
@@ -251,6 +283,22 @@ class QuantCellMixin:
         scales, signed = self.a_scale, bool(self.host("a_signed"))
         fraction = self._search[0].score_fraction
         return lambda v, g: activation_candidate_scores(v, g, scales, bits, signed, allowed, fraction)
+
+
+def conv_forward(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``conv``'s convolution of ``x`` with ``weight`` and ``bias``, as ``nn.Conv2d.forward`` computes it.
+
+    Same stride, padding (a number, a pair, ``'valid'`` or ``'same'``), padding mode, dilation and
+    groups. ``x`` ``(N, C_in, H, W)`` -> ``(N, C_out, H', W')``.
+    """
+    if conv.padding_mode == "zeros":
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if isinstance(conv.padding, str):  # 'valid': none; 'same': the extra pixel goes right/bottom
+        total = [d * (k - 1) if conv.padding == "same" else 0 for d, k in zip(conv.dilation, conv.kernel_size)]
+        pad = [p for t in reversed(total) for p in (t // 2, t - t // 2)]
+    else:
+        pad = [p for p in reversed(conv.padding) for _ in range(2)]
+    return F.conv2d(F.pad(x, pad, mode=conv.padding_mode), weight, bias, conv.stride, 0, conv.dilation, conv.groups)
 
 
 class QuantConv2d(QuantCellMixin, nn.Conv2d):
@@ -270,12 +318,12 @@ class QuantConv2d(QuantCellMixin, nn.Conv2d):
         cell.weight = conv.weight
         cell.bias = conv.bias
         cell.train(conv.training)
-        cell._init_cell(w_candidates, a_candidates)
+        cell.init_cell(w_candidates, a_candidates)
         return cell
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, w = self._quantized_operands(x)
-        return self._conv_forward(x, w, self.bias)
+        return conv_forward(self, x, w, self.bias)
 
 
 class QuantLinear(QuantCellMixin, nn.Linear):
@@ -288,7 +336,7 @@ class QuantLinear(QuantCellMixin, nn.Linear):
         cell.weight = linear.weight
         cell.bias = linear.bias
         cell.train(linear.training)
-        cell._init_cell(w_candidates, a_candidates)
+        cell.init_cell(w_candidates, a_candidates)
         return cell
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

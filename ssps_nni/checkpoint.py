@@ -4,7 +4,7 @@
   refuse a ``load_from`` that is not one before building a run on it).
 - :func:`load_fixed_state`: a checkpoint's ``state_dict`` (of the fixed model, of a float
   model or of a search supernet) into a fixed model (every cell decided, e.g. by
-  :func:`ssps_nni.policy.apply_policy`); it names the cells left without step sizes, which
+  :func:`ssps_nni.apply_policy.apply_policy`); it names the cells left without step sizes, which
   :func:`ssps_nni.calibrate.calibrate_cells` then initialises from data.
 - :func:`take_candidate_rows`: in a search supernet's ``state_dict``, each fixed cell's step
   sizes of its own bit-widths (the QAT that continues a search starts from them).
@@ -114,7 +114,7 @@ def load_fixed_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], p
     A ``module.`` prefix (DataParallel) is removed.
 
     Args:
-        model: the fixed model (:func:`ssps_nni.policy.apply_policy` applied).
+        model: the fixed model (:func:`ssps_nni.apply_policy.apply_policy` applied).
         state_dict: ``{key: tensor}``.
         policy: the :class:`~ssps_nni.policy.Policy`; needed for a supernet checkpoint.
 
@@ -157,7 +157,5 @@ def load_fixed_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], p
     if float_missing:
         raise ExportError(f"checkpoint lacks parameters of the model: {', '.join(float_missing[:8])}"
                           f"{' ...' if len(float_missing) > 8 else ''}")
-    for cell in cells.values():
-        cell._fixed_cache = None
     return [name for name, cell in cells.items()
             if not int(cell.initialized) and min(cell.bits()) < FLOAT_BITS]

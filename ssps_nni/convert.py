@@ -208,6 +208,34 @@ class SearchSpace:
             out[name] = cell.bits()
         return out
 
+    def layer_table(self, bits: Mapping[str, tuple[int, int]], decided: Mapping[str, dict],
+                    excluded: Iterable[str] = ()) -> dict[str, dict]:
+        """The policy's entry of every cell and ``excluded`` float layer, in module order (§8).
+
+        Args:
+            bits: :meth:`bits`. decided: ``{label: {'certainty', 'step', ...}}`` of the decider.
+            excluded: names of quantizable layers left in float.
+
+        Returns:
+            ``{name: {'w_bits', 'a_bits', 'pinned', 'certainty', 'decided_at'}}``: certainty the
+            lower and ``decided_at`` the later of the layer's two recorded decisions (None until
+            both are); an excluded layer ``{'w_bits': 32, 'a_bits': 32, 'excluded': True}``.
+        """
+        layers = {}
+        for name, _ in self.model.named_modules():
+            if name in self.cells:
+                entry = {"w_bits": bits[name][0], "a_bits": bits[name][1], "pinned": name in self.pinned,
+                         "certainty": None, "decided_at": None}
+                if name not in self.pinned:
+                    info = [decided.get(f"{name}.{s}_bits") for s in SLOTS]
+                    if all(info):
+                        entry["certainty"] = round(min(i["certainty"] for i in info), 6)
+                        entry["decided_at"] = max(i["step"] for i in info)
+                layers[name] = entry
+            elif name in excluded:
+                layers[name] = {"w_bits": 32, "a_bits": 32, "excluded": True}
+        return layers
+
     def calibrate(self, forward_fn, reduce_fn=None) -> None:
         """Initialise every cell's step sizes and input sign from data (LSQ init, docs/algorithm.md §2).
 

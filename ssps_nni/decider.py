@@ -141,7 +141,8 @@ class SequentialDecider:
     def _masks(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.space.masks("w"), self.space.masks("a")
 
-    def _feasible(self, masks_w, masks_a) -> bool:
+    def feasible(self, masks_w: torch.Tensor, masks_a: torch.Tensor) -> bool:
+        """Whether every budget stays reachable with the allowed candidates (bool ``(L, n)`` masks)."""
         return all(c.cost.cheapest(masks_w, masks_a) <= c.target * (1 + _TOL) for c in self.constraints)
 
     def probs(self) -> torch.Tensor:
@@ -198,7 +199,7 @@ class SequentialDecider:
             trial = {s: m.clone() for s, m in masks.items()}
             trial[slot][layer] = False
             trial[slot][layer, k] = True
-            if not self.config.guard or self._feasible(trial["w"], trial["a"]):
+            if not self.config.guard or self.feasible(trial["w"], trial["a"]):
                 chosen, guarded = k, rank > 0
                 break
         if chosen is None:  # only a non-monotone cost can get here; finalize repairs it
@@ -223,7 +224,7 @@ class SequentialDecider:
             if not keep.any():
                 continue
             masks[slot][layer] = keep
-            if self._feasible(masks["w"], masks["a"]):
+            if self.feasible(masks["w"], masks["a"]):
                 self.space.cell(layer).set_mask(slot, keep)
 
     def _record_implicit(self, step: int) -> None:
@@ -269,6 +270,42 @@ class SequentialDecider:
         })
         return fixed
 
+    def only_feasible(self) -> dict[tuple[int, str], int] | None:
+        """``{(layer, slot): index}`` if every open decision has one feasible candidate (one that keeps
+        every budget reachable with the cheapest completion of the others, §6) and they fit, else None."""
+        space = self.space
+        masks = {s: space.masks(s) for s in SLOTS}
+        only = {}
+        for layer, slot in space.decisions:
+            if space.fixed_index(layer, slot) >= 0:
+                continue
+            feasible = []
+            for k in torch.nonzero(masks[slot][layer]).flatten().tolist():
+                trial = {s: m.clone() for s, m in masks.items()}
+                trial[slot][layer] = False
+                trial[slot][layer, k] = True
+                if self.feasible(trial["w"], trial["a"]):
+                    feasible.append(k)
+                    if len(feasible) > 1:
+                        return None
+            if len(feasible) != 1:
+                return None
+            only[(layer, slot)] = feasible[0]
+        trial = {s: m.clone() for s, m in masks.items()}
+        for (layer, slot), k in only.items():
+            trial[slot][layer] = False
+            trial[slot][layer, k] = True
+        return only if self.feasible(trial["w"], trial["a"]) else None
+
+    def record_only(self, step: int) -> None:
+        """Record every fixed decision not yet recorded as the only feasible one (``by: "only"``)."""
+        for layer, slot in self.space.decisions:
+            label = self.space.label(layer, slot)
+            self.decided.setdefault(label, {
+                "step": int(step), "certainty": 1.0,
+                "bits": self.space.candidates[slot][self.space.fixed_index(layer, slot)],
+                "guarded": False, "by": "only"})
+
     def maybe_decide(self, step: int) -> list[str]:
         """:meth:`decide` if ``step`` is a decision point, else nothing."""
         return self.decide(step) if self.is_due(step) and not self.done else []
@@ -278,6 +315,40 @@ class SequentialDecider:
         fixed = self.decide(step, force_all=True) if not self.done else []
         self._repair()
         return fixed
+
+    def fill(self, costs: dict[str, SpaceCost], tables: list, gains: dict[str, torch.Tensor], step: int) -> dict:
+        """Raise bits where ``gains`` are largest per unit of cost until no raise fits (§5); record each.
+
+        Call when every decision is made. A raise is recorded (``by: "fill"`` at ``step`` if it was
+        not recorded) with the bits it had as ``filled_from``.
+
+        Args:
+            costs: ``{name: SpaceCost}`` of the budgets, for the report. tables: per budget
+                ``(table (L, n_w, n_a), limit)`` (§4). gains: ``{slot: (L, n)}`` loss-increase estimates.
+
+        Returns:
+            ``{'before': {cost: value}, 'after': {...}, 'raises': [{'layer', 'slot', 'from', 'to'}]}``
+            (costs in their units, bits in ``from`` / ``to``).
+        """
+        from .solver import budget_fill
+
+        space = self.space
+        before = {n: c.of_bits(space.bits()) for n, c in costs.items()}
+        w_idx = [space.fixed_index(l, "w") for l in range(len(space.searched))]
+        a_idx = [space.fixed_index(l, "a") for l in range(len(space.searched))]
+        w_new, a_new, raises = budget_fill(w_idx, a_idx, tables, gains["w"], gains["a"])
+        for l, (w, a) in enumerate(zip(w_new, a_new)):
+            for slot, k in (("w", w), ("a", a)):
+                if k != space.fixed_index(l, slot):
+                    info = self.decided.setdefault(space.label(l, slot), {"step": step, "certainty": 0.0, "by": "fill"})
+                    info["filled_from"] = info.get("bits")
+                    info["bits"] = space.candidates[slot][k]
+                    space.fix(l, slot, k)
+        after = {n: c.of_bits(space.bits()) for n, c in costs.items()}
+        readable = [{"layer": space.searched[r["layer"]], "slot": r["slot"],
+                     "from": space.candidates[r["slot"]][r["from"]], "to": space.candidates[r["slot"]][r["to"]]}
+                    for r in raises]
+        return {"before": before, "after": after, "raises": readable}
 
     def _repair(self) -> None:
         """Greedily lower bits, least certainty lost per unit of cost saved first (§6)."""

@@ -1,11 +1,12 @@
 """The divergence guard: a non-finite loss stops the search with a message that names where (docs/algorithm.md §7).
 
-:class:`DivergenceGuard` is a part of :class:`~ssps_nni.search.SSPSSearch` (a mixin; it uses the
-search's ``step``, ``config``, ``space`` and the sampler state saved by ``begin_step``):
-:meth:`~DivergenceGuard.check_loss` raises :class:`~ssps_nni.errors.SearchDivergedError` for a
-NaN or inf loss, and :func:`first_nonfinite_output` re-runs the step's forward to name the first
-layer whose output was not finite. ``from ssps_nni.search import first_nonfinite_output`` keeps
-working.
+:class:`DivergenceGuard` is a part of :class:`~ssps_nni.search.SSPSSearch` with explicit inputs:
+the space it reports on and the search length at construction, the step (0-based) per call; it
+keeps the path sampler's state saved by :meth:`~DivergenceGuard.mark_step` (the search's
+``begin_step``). :meth:`~DivergenceGuard.check_loss` raises
+:class:`~ssps_nni.errors.SearchDivergedError` for a NaN or inf loss, and
+:func:`first_nonfinite_output` re-runs the step's forward to name the first layer whose output
+was not finite. ``from ssps_nni.search import first_nonfinite_output`` keeps working.
 """
 from __future__ import annotations
 
@@ -14,13 +15,32 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .convert import SearchSpace
 from .errors import SearchDivergedError
 
 
 class DivergenceGuard:
-    """The loss check of :class:`~ssps_nni.search.SSPSSearch` (docs/algorithm.md §7)."""
+    """The loss check of :class:`~ssps_nni.search.SSPSSearch` (docs/algorithm.md §7).
 
-    def check_loss(self, loss: torch.Tensor, locate: Callable[[], object] | None = None, where: str = "",
+    Args:
+        space: the search space; its model is re-run, its cells named, its sampler rewound.
+        total_steps: the search length in optimizer steps (for the message).
+
+    Attributes:
+        step_rng: the path sampler's generator state at the start of the current step
+            (:meth:`mark_step`), or None before the first step.
+    """
+
+    def __init__(self, space: SearchSpace, total_steps: int):
+        self.space = space
+        self.total_steps = int(total_steps)
+        self.step_rng: torch.Tensor | None = None
+
+    def mark_step(self) -> None:
+        """Save the path sampler's generator state, so that :meth:`locate_nonfinite` replays this step's paths."""
+        self.step_rng = self.space.sampler.generator.get_state()
+
+    def check_loss(self, step: int, loss: torch.Tensor, locate: Callable[[], object] | None = None, where: str = "",
                    hint: str = "") -> None:
         """Raise :class:`SearchDivergedError` if the training loss of this step is NaN or inf.
 
@@ -28,6 +48,7 @@ class DivergenceGuard:
         weight. Costs one device-to-host copy of the loss per step.
 
         Args:
+            step: the search's step (0-based), for the message.
             loss: the step's loss (any shape; every element is checked).
             locate: re-runs this step's forward (e.g. ``lambda: model(batch)``); called only on
                 failure, without gradients and with this step's sampled paths, to name the first
@@ -47,16 +68,17 @@ class DivergenceGuard:
         if locate is not None:
             layer = self.locate_nonfinite(locate) or ("every layer output was finite on a re-run of this step: "
                                                       "the loss computation is not")
-        raise self.diverged(f"the training loss is {kind}", layer, where, hint)
+        raise self.diverged(step, f"the training loss is {kind}", layer, where, hint)
 
-    def diverged(self, what: str, layer: str | None = None, where: str = "", hint: str = "") -> SearchDivergedError:
-        """The :class:`SearchDivergedError` for this step (``self.step`` + 1, counted from 1).
+    def diverged(self, step: int, what: str, layer: str | None = None, where: str = "",
+                 hint: str = "") -> SearchDivergedError:
+        """The :class:`SearchDivergedError` for step ``step`` (0-based; the message counts from 1).
 
         Args:
             what: what is not finite. layer: a phrase naming where it starts (from
                 :func:`first_nonfinite_output`). where, hint: see :meth:`check_loss`.
         """
-        at = f"step {self.step + 1} of {self.config.total_steps}" + (f" ({where})" if where else "")
+        at = f"step {step + 1} of {self.total_steps}" + (f" ({where})" if where else "")
         found = f"; {layer}" if layer else ""
         done = f"{self.space.num_decided}/{self.space.num_decisions} decisions made"
         hint = hint or ("Lower the learning rate, check the cost LUT and the mixed-precision (fp16) settings, "
@@ -67,19 +89,20 @@ class DivergenceGuard:
     def locate_nonfinite(self, run: Callable[[], object]) -> str | None:
         """:func:`first_nonfinite_output` of ``run`` on this step's sampled paths; state is kept.
 
-        The path sampler's generator is rewound to where :meth:`begin_step` found it, so the
+        The path sampler's generator is rewound to where :meth:`mark_step` found it, so the
         re-run takes the same paths; the generator, the global RNG and every buffer (BatchNorm
         statistics) are restored afterwards. Cells are named by their layer name in the space
         (as in the policy), other modules by their path in the model.
         """
         generator = self.space.sampler.generator
         after = generator.get_state()
-        if self._step_rng is not None:
-            generator.set_state(self._step_rng)
+        if self.step_rng is not None:
+            generator.set_state(self.step_rng)
         try:
             devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
             with torch.random.fork_rng(devices=devices):
-                return first_nonfinite_output(self.model, run, {cell: name for name, cell in self.space.cells.items()})
+                names = {cell: name for name, cell in self.space.cells.items()}
+                return first_nonfinite_output(self.space.model, run, names)
         finally:
             generator.set_state(after)
 

@@ -39,11 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cell import QuantCellMixin
+from .cell import QuantCellMixin, conv_forward
 from .checkpoint import quant_cells
 from .errors import ExportError
 from .onnx_storage import INT4_OPSET, pack_int4, weights_to_initializers
-from .policy import atomic_write
+from .files import atomic_write
 from .quant import FLOAT_BITS, activation_qrange, fake_quantize, weight_qrange
 
 __all__ = [
@@ -176,7 +176,7 @@ def _make_export_forward(cell: QuantCellMixin, name: str, w_bits: int, a_bits: i
     a_args = _input_qdq_args(cell, a_bits) if a_bits < FLOAT_BITS else None
     if isinstance(cell, nn.Conv2d):
         def run(x, w):
-            return cell._conv_forward(x, w, cell.bias)
+            return conv_forward(cell, x, w, cell.bias)
     elif isinstance(cell, nn.Linear):
         def run(x, w):
             return F.linear(x, w, cell.bias)
@@ -199,7 +199,7 @@ def _check_decided(name: str, cell: QuantCellMixin) -> None:
             raise ExportError(
                 f"layer {name!r} has an undecided {what} bit-width (candidates still open: {open_}); "
                 "export needs a fixed model: finish the search or build it with "
-                "ssps_nni.policy.apply_policy(model, policy)"
+                "ssps_nni.apply_policy.apply_policy(model, policy)"
             )
 
 
@@ -212,7 +212,7 @@ def _check_cell(name: str, cell: QuantCellMixin) -> tuple[int, int]:
             raise ExportError(
                 f"layer {name!r} has an undecided {what} bit-width (candidates still open: {open_}); "
                 "export needs a fixed model: finish the search or build it with "
-                "ssps_nni.policy.apply_policy(model, policy)"
+                "ssps_nni.apply_policy.apply_policy(model, policy)"
             )
         b = cell.candidates(slot)[k]
         if MAX_INT_BITS < b < FLOAT_BITS:
@@ -248,7 +248,7 @@ def onnx_export_mode(model: nn.Module) -> Iterator[dict[str, tuple[int, int]]]:
     if not cells:
         raise ExportError(
             f"{type(model).__name__} has no quantization cell; build the fixed model with "
-            "ssps_nni.policy.apply_policy(model, policy) first"
+            "ssps_nni.apply_policy.apply_policy(model, policy) first"
         )
     for name, cell in cells.items():  # every open decision first: the most useful message
         _check_decided(name, cell)
@@ -295,7 +295,7 @@ def export_onnx(
 ) -> Path:
     """Export a fixed mixed-precision model to ONNX with integer weights and QDQ inputs.
 
-    Every cell must be decided (:func:`ssps_nni.policy.apply_policy` builds such a model) and
+    Every cell must be decided (:func:`ssps_nni.apply_policy.apply_policy` builds such a model) and
     calibrated. Per quantized weight ``(C_out, ...)``: an integer initializer of its codes in
     ``[-(2^(b-1)-1), 2^(b-1)-1]`` (int8; INT4 for ``b <= 4`` from opset 21 on) and one
     ``DequantizeLinear`` per channel (``axis=0``, zero point 0): the file holds no float copy of

@@ -1,4 +1,4 @@
-"""The search result: a versioned JSON policy, its validation, table and figure (docs/algorithm.md §8).
+"""The search result: a versioned JSON policy, its validation, loading and table (docs/algorithm.md §8).
 
 Format (``format: "ssps-policy"``, ``version: 1``)::
 
@@ -24,22 +24,25 @@ against the budget.
 Layer names travel between routes: the NNI strategy names layers as in the plain model
 (``layer1.0.conv1``), the mmengine route as in the OpenMMLab model
 (``backbone.layer1.0.conv1``). :meth:`Policy.match_model` matches exact names first, then by
-dotted suffix in either direction (:func:`match_layer_names`).
+dotted suffix in either direction (:func:`ssps_nni.layer_names.match_layer_names`).
+
+Elsewhere: applying a policy to a model in :mod:`ssps_nni.apply_policy`, its figure in
+:mod:`ssps_nni.plots`.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Mapping
 
 from torch import nn
 
 from .errors import PolicyError, PolicyNotFinalError
-from .files import atomic_write, file_mode  # noqa: F401  (atomic_write: re-exported, its home before files.py)
+from .files import atomic_write
+from .layer_names import describe_mapping, match_layer_names, quantizable_layers
 
 POLICY_FORMAT = "ssps-policy"
 POLICY_VERSION = 1
@@ -244,144 +247,3 @@ def require_final(policy: Policy, source: str = "policy", allow: bool = False,
     hint = f", or pass {allow_option} to use it anyway" if allow_option else ""
     raise PolicyNotFinalError(f"{what}. Finish the search (resume it in its work dir) and use the policy.json "
                               f"it writes{hint}")
-
-
-def quantizable_layers(model: nn.Module) -> list[str]:
-    """Module paths of ``model``'s ``nn.Conv2d``/``nn.Linear`` layers and quantization cells, in module order."""
-    from .cell import CELL_TYPES, QuantCellMixin
-
-    return [n for n, m in model.named_modules() if n and (type(m) in CELL_TYPES or isinstance(m, QuantCellMixin))]
-
-
-def _suffix_of(short: str, long: str) -> bool:
-    return long.endswith("." + short)
-
-
-def match_layer_names(policy_names: Iterable[str], model_names: Iterable[str],
-                      model_type: str = "the model") -> dict[str, str]:
-    """Match a policy's layer names to a model's: exactly, else by an unambiguous dotted suffix.
-
-    A policy name and a model name match by suffix when one ends with ``'.' + the other``
-    (``layer1.0.conv1`` and ``backbone.layer1.0.conv1``, either way round). Exact names are
-    matched first. Then, repeatedly, a policy name with exactly one model layer left that it
-    matches by suffix takes that layer, so ``conv1`` (a suffix of every ``*.conv1``) gets
-    ``backbone.conv1`` once ``layer1.0.conv1`` and the others have their own. Matching is one
-    to one.
-
-    Returns:
-        ``{policy name: model name}``, in policy order.
-
-    Raises:
-        PolicyError: a policy name matches no model layer, or several that no other policy name
-            claims (it lists them); a model layer is left without a policy entry.
-    """
-    policy_names, model_names = list(policy_names), list(model_names)
-    known = set(model_names)
-    mapping = {p: p for p in policy_names if p in known}
-    free = [m for m in model_names if m not in mapping]
-    todo = [p for p in policy_names if p not in mapping]
-    candidates = {p: [m for m in free if _suffix_of(p, m) or _suffix_of(m, p)] for p in todo}
-    for p in todo:
-        if not candidates[p]:
-            raise PolicyError(f"policy layer {p!r} is not a Conv2d/Linear of {model_type} (extra layer): no layer "
-                              "has that name or ends with it, and it ends with no layer's name")
-    taken: set[str] = set()
-    while todo:
-        progress = False
-        for p in list(todo):
-            left = [m for m in candidates[p] if m not in taken]
-            if len(left) == 1:
-                mapping[p] = left[0]
-                taken.add(left[0])
-                todo.remove(p)
-                progress = True
-            elif not left:
-                raise PolicyError(f"policy layer {p!r} matches only layers of {model_type} that other policy layers "
-                                  f"already match ({', '.join(candidates[p][:4])}); the names do not fit one to one")
-        if not progress:
-            p = todo[0]
-            left = [m for m in candidates[p] if m not in taken]
-            raise PolicyError(f"policy layer {p!r} matches several layers of {model_type} by suffix "
-                              f"({', '.join(left[:4])}{' ...' if len(left) > 4 else ''}); give the policy full layer "
-                              "names of this model")
-    matched = set(mapping.values())
-    for m in model_names:
-        if m not in matched:
-            raise PolicyError(f"model layer {m!r} is missing from the policy")
-    return {p: mapping[p] for p in policy_names}
-
-
-def describe_mapping(mapping: Mapping[str, str], model_type: str = "the model") -> str:
-    """One line saying how policy names were matched by suffix, grouped by the prefix added or removed."""
-    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    exact = 0
-    for p, m in mapping.items():
-        if p == m:
-            exact += 1
-        elif m.endswith("." + p):
-            groups.setdefault(("added to", m[: len(m) - len(p)]), []).append((p, m))
-        else:
-            groups.setdefault(("removed from", p[: len(p) - len(m)]), []).append((p, m))
-    parts = []
-    for (how, prefix), pairs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        p, m = pairs[0]
-        parts.append(f"{prefix!r} {how} {len(pairs)} (e.g. {p} -> {m})")
-    if exact:
-        parts.append(f"{exact} exact")
-    return f"policy layer names matched to {model_type} by dotted suffix: " + ", ".join(parts)
-
-
-def apply_policy(model: nn.Module, policy: Policy, log: Callable[[str], None] | None = None):
-    """Turn plain ``model`` into the fixed mixed-precision model of ``policy`` (in place).
-
-    Policy layer names may differ from the model's by a dotted prefix (a policy of the other
-    route, :meth:`Policy.match_model`); the mapping is reported through ``log`` (default: this
-    module's logger at INFO).
-
-    Returns ``{model layer name: cell}``. Raises ``PolicyError`` naming the first mismatching layer.
-    """
-    from .convert import fixed_model
-
-    return fixed_model(model, policy.for_model(model, log=log).bits())
-
-
-def plot_policy(policy: Policy, history: list | None, path: str | os.PathLike) -> Path:
-    """PNG: bits per layer (bars) and, if ``history`` is given, log10 search-space size over steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(policy.layers)
-    w = [policy.layers[n]["w_bits"] for n in names]
-    a = [policy.layers[n]["a_bits"] for n in names]
-    ncols = 2 if history else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(max(6, 0.3 * len(names)) + 4 * (ncols - 1), 4), squeeze=False)
-    ax = axes[0][0]
-    x = range(len(names))
-    ax.bar([i - 0.2 for i in x], w, width=0.4, label="weight bits")
-    ax.bar([i + 0.2 for i in x], a, width=0.4, label="activation bits")
-    ax.set_xticks(list(x))
-    ax.set_xticklabels(names, rotation=90, fontsize=6)
-    ax.set_ylabel("bits")
-    ax.set_title("bit-width per layer")
-    ax.legend()
-    if history:
-        ax2 = axes[0][1]
-        ax2.plot([h["step"] for h in history], [h["log10_size"] for h in history], marker=".")
-        ax2.set_xlabel("step")
-        ax2.set_ylabel("log10 search-space size")
-        ax2.set_title("search space over time")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, file_mode())  # the user's umask, not mkstemp's 0600
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path

@@ -19,7 +19,6 @@ and the calibration of the search's running scores, :mod:`ssps_nni.calibration_p
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Callable, Iterable
 
@@ -51,30 +50,17 @@ def holdout_split(n: int, every: int = HOLDOUT_EVERY) -> tuple[list[int], list[i
     return fit, held
 
 
-@contextlib.contextmanager
 def operand_override(cell, slot: str, index: int):
     """Run one operand of ``cell`` at candidate ``index`` (``-1``: float) inside the block.
 
-    The cell's other operand, and every other cell, run as they would. The override is an
-    attribute of this cell instance only and is removed on exit, even on an error.
+    The cell's other operand, and every other cell, run as they would; the override is this
+    cell's only and is removed on exit, even on an error (:meth:`QuantCellMixin.operand_at`).
 
     Args:
         cell: a search cell (``ssps_nni.cell.QuantCellMixin``). slot: ``'w'`` or ``'a'``.
         index: candidate index of ``cell.candidates(slot)``, or -1 for float.
     """
-    original = cell._operand
-
-    def operand(s, v):
-        if s != slot:
-            return original(s, v)
-        cell.last_path[s] = index
-        return v if index < 0 else cell._quantize(s, v, index)
-
-    cell._operand = operand
-    try:
-        yield
-    finally:
-        del cell._operand
+    return cell.operand_at(slot, index)
 
 
 def measured_increase(search, loss_fn: Callable[[object], torch.Tensor], batches: Iterable,
@@ -102,7 +88,7 @@ def measured_increase(search, loss_fn: Callable[[object], torch.Tensor], batches
     """
     if reference not in ("float", "policy"):
         raise ValueError(f"reference must be 'float' or 'policy', got {reference!r}")
-    search._require_prepared()
+    search.require_prepared()
     batches = list(batches)
     if not batches:
         raise ValueError("measured_increase got no batch")

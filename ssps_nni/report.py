@@ -7,7 +7,7 @@
   ``size``, ...), the policy's cost, its target and the ratio to it, and the ratios to the
   references FP32 and W8A8 (uniform 8-bit) that the search recorded, plus the all-minimum and
   all-maximum costs; and the MAC-unweighted mean bits;
-- ``<label>_bits.png``: the bits per layer (:func:`ssps_nni.policy.plot_policy`);
+- ``<label>_bits.png``: the bits per layer (:func:`ssps_nni.plots.plot_policy`);
 - with ``results`` (the ``train_result.json`` files of ``tools/train.py``): ``results.csv`` / a
   third table: per retrained model its mode (policy, uniform WxAy, FP32), metrics (accuracy or
   mAP), BitOPs and size, each also as a ratio to FP32.
@@ -24,7 +24,9 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from .policy import Policy, atomic_write, plot_policy
+from .files import atomic_write
+from .plots import plot_policy
+from .policy import Policy
 
 __all__ = ["layer_rows", "comparison_rows", "result_rows", "markdown_report", "write_report", "unique_labels"]
 

@@ -19,11 +19,12 @@ Before the loop, :meth:`SSPSSearch.single_policy` says whether there is anything
 candidate per decision, or budgets that leave one feasible policy); :meth:`SSPSSearch.settle`
 then fixes that policy without training.
 
-The options and their validation are :class:`SearchConfig` (``search_config.py``); the logits'
-objective, natural gradient and Lagrange price are :class:`~ssps_nni.objective.LogitsObjective`
-(``objective.py``, §3.1, §7); the divergence guard (:meth:`SSPSSearch.check_loss`,
-:func:`first_nonfinite_output`) is :class:`~ssps_nni.divergence.DivergenceGuard`
-(``divergence.py``). ``SearchConfig`` and ``first_nonfinite_output`` are re-exported here.
+The options and their validation are :class:`SearchConfig` (``search_config.py``). The search is
+made of parts with explicit inputs, to which its methods of the same names delegate: ``objective``
+(:class:`~ssps_nni.objective.LogitsObjective`: the logits' objective, natural gradient and
+Lagrange price, §3.1, §7), ``guard`` (:class:`~ssps_nni.divergence.DivergenceGuard`:
+:meth:`SSPSSearch.check_loss`, §7) and ``decider`` (:class:`~ssps_nni.decider.SequentialDecider`,
+§6). ``SearchConfig`` and ``first_nonfinite_output`` are re-exported here.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from .convert import SearchSpace, convert_checked
 from .cost import SpaceCost, build_cost_model, profile_layers
 from .decider import Constraint, SequentialDecider
 from .divergence import DivergenceGuard, first_nonfinite_output
-from .objective import LogitsObjective
+from .objective import LogitsObjective, constraint_tables
 from .policy import Policy
 from .sampler import SLOTS, TemperatureSchedule
 from .scores import ScoreAverage
@@ -45,7 +46,7 @@ from .search_config import SearchConfig
 __all__ = ["SSPSSearch", "SearchConfig", "first_nonfinite_output"]
 
 
-class SSPSSearch(DivergenceGuard, LogitsObjective):
+class SSPSSearch:
     """Converts ``model`` in place and runs the search around the caller's training loop.
 
     Args:
@@ -75,7 +76,6 @@ class SSPSSearch(DivergenceGuard, LogitsObjective):
         space.sampler.signal = cfg.signal
         space.sampler.score_fraction = float(cfg.score_fraction)
         self.scores = ScoreAverage({s: tuple(space.sampler.logits[s].shape) for s in SLOTS}, cfg.score, cfg.score_ema)
-        self.mu: list[float] = []
         self.fill_info: dict | None = None
         self.excluded = [n for n, m in model.named_modules() if n and type(m) in CELL_TYPES]
         self.temperature = TemperatureSchedule(cfg.tau_max, cfg.tau_min, cfg.total_steps - cfg.warmup_steps)
@@ -83,6 +83,9 @@ class SSPSSearch(DivergenceGuard, LogitsObjective):
             self.space.sampler.parameters(), lr=cfg.effective_logits_lr, betas=tuple(cfg.logits_betas),
             weight_decay=cfg.logits_weight_decay,
         )
+        self.objective = LogitsObjective(space, self.scores, self.logits_optimizer, cfg.signal, cfg.constraint_loss,
+                                         self.diverged)
+        self.guard = DivergenceGuard(space, cfg.total_steps)
         self.profiles = None
         self.costs: dict[str, SpaceCost] = {}
         self.targets: dict[str, float] = {}
@@ -90,7 +93,6 @@ class SSPSSearch(DivergenceGuard, LogitsObjective):
         self.step = 0
         self.finished = False  # finish() ran: the policy is the search's result (§8 ``final``)
         self.settled: str | None = None  # why there was nothing to search (settle())
-        self._step_rng: torch.Tensor | None = None
 
     @property
     def model(self) -> torch.nn.Module:
@@ -142,7 +144,8 @@ class SSPSSearch(DivergenceGuard, LogitsObjective):
         constraints = [Constraint(self.costs[b.cost], self.targets[b.cost], b.spec) for b in self.config.budgets]
         self.decider = SequentialDecider(space, constraints, self.config.decider)
 
-    def _require_prepared(self):
+    def require_prepared(self) -> None:
+        """Raise ``RuntimeError`` unless :meth:`prepare` ran (the costs, targets and decider exist)."""
         if self.decider is None:
             raise RuntimeError("call SSPSSearch.prepare(forward_fn, num_samples) before searching")
 
@@ -156,14 +159,14 @@ class SSPSSearch(DivergenceGuard, LogitsObjective):
         """Set the temperature and warm-up sampling for optimizer step ``step`` (0-based)."""
         self.step = int(step)
         sampler = self.space.sampler
-        self._step_rng = sampler.generator.get_state()  # to replay this step's paths (check_loss)
+        self.guard.mark_step()  # to replay this step's paths (check_loss)
         sampler.uniform = self.in_warmup
         sampler.tau = self.temperature(max(self.step - self.config.warmup_steps, 0))
         sampler.take_scores()  # scores of an earlier backward (e.g. a bi-level weight step) do not count
 
     def expected_costs(self) -> dict[str, torch.Tensor]:
         """``{cost: E[C]}`` under the current distribution (0-dim float64, differentiable)."""
-        self._require_prepared()
+        self.require_prepared()
         pw, pa = self.space.probs("w"), self.space.probs("a")
         return {name: cost.expected(pw, pa) for name, cost in self.costs.items()}
 
@@ -181,11 +184,42 @@ class SSPSSearch(DivergenceGuard, LogitsObjective):
 
     def constraints(self) -> list[tuple[torch.Tensor, float]]:
         """Per budget, ``(table (L, n_w, n_a), limit)``: what the searched layers may cost (§4)."""
-        return [(c.table, self.targets[n] - c.pinned_cost) for n, c in self.costs.items()]
+        return constraint_tables(self.costs, self.targets)
+
+    # -- the parts' methods, on this search's step and budgets -------------------------------
+
+    def check_loss(self, loss: torch.Tensor, locate: Callable[[], object] | None = None, where: str = "",
+                   hint: str = "") -> None:
+        """:meth:`DivergenceGuard.check_loss` at this step: raises ``SearchDivergedError`` for a NaN/inf loss."""
+        self.guard.check_loss(self.step, loss, locate, where, hint)
+
+    def diverged(self, what: str, layer: str | None = None, where: str = "", hint: str = ""):
+        """:meth:`DivergenceGuard.diverged` at this step: the ``SearchDivergedError`` to raise."""
+        return self.guard.diverged(self.step, what, layer, where, hint)
+
+    def locate_nonfinite(self, run: Callable[[], object]) -> str | None:
+        """:meth:`DivergenceGuard.locate_nonfinite`: the first non-finite layer output of ``run``."""
+        return self.guard.locate_nonfinite(run)
+
+    def step_logits(self) -> None:
+        """:meth:`LogitsObjective.step`: one Adam step on the logits (skipped in warm-up, §7)."""
+        self.objective.step(self.in_warmup, self.costs, self.targets)
+
+    def logits_objective(self, probs: dict, masks: dict) -> torch.Tensor:
+        """:meth:`LogitsObjective.value`: ``J(p)`` at this search's budgets (``{slot: (L, n)}`` inputs)."""
+        return self.objective.value(probs, masks, self.costs, self.targets)
+
+    def logits_grads(self) -> list[torch.Tensor | None]:
+        return self.objective.grads()
+
+    @property
+    def mu(self) -> list[float]:
+        """The Lagrange multipliers of the last logits step, one per budget (§5)."""
+        return self.objective.mu
 
     def end_step(self, step: int) -> list[str]:
         """Run the decider if ``step`` (steps completed) is a decision point; returns new labels."""
-        self._require_prepared()
+        self.require_prepared()
         self.step = int(step)
         return self.decider.maybe_decide(step)
 
@@ -198,16 +232,27 @@ class SSPSSearch(DivergenceGuard, LogitsObjective):
 
         The policy has ``meta['final']`` True when it is within every budget (§8).
         """
-        self._require_prepared()
+        self.require_prepared()
         self.decider.finalize(self.step if step is None else step)
-        if self.config.fill and self.fill_info is None:
-            self.fill_info = self.budget_fill()
-        self.finished = True
+        self.conclude(self.budget_fill() if self.config.fill and self.fill_info is None else None)
         return self.policy()
+
+    def conclude(self, fill_info: dict | None = None) -> None:
+        """Take the current policy as the search's result (§8 ``final``; a one-shot method's).
+
+        ``fill_info``: the report of a :meth:`budget_fill` that ran, if one did.
+        """
+        if fill_info is not None:
+            self.fill_info = fill_info
+        self.finished = True
+
+    def reopen(self) -> None:
+        """Forget the result (no fill, not finished), e.g. after pointing the search at another budget."""
+        self.fill_info, self.finished = None, False
 
     def within_budget(self) -> bool:
         """Whether the current bits (argmax for open decisions) meet every budget (relative slack 1e-9)."""
-        self._require_prepared()
+        self.require_prepared()
         bits = self.space.bits()
         return all(self.costs[n].of_bits(bits) <= t * (1 + 1e-9) for n, t in self.targets.items())
 
@@ -222,49 +267,21 @@ class SSPSSearch(DivergenceGuard, LogitsObjective):
         """Why there is nothing to search, or None (call after :meth:`prepare`).
 
         Nothing to search: every decision has one candidate, or the budgets leave one feasible
-        policy (each open decision has exactly one candidate that keeps every budget reachable
-        with the cheapest completion of the others, and those candidates together fit). None
-        once the search has started (a step taken, a decision recorded, or :meth:`finish` run).
+        policy (:meth:`SequentialDecider.only_feasible`). None once the search has started (a
+        step taken, a decision recorded, or :meth:`finish` run).
         """
-        self._require_prepared()
+        self.require_prepared()
         space = self.space
         if self.step > 0 or self.decider.decided or self.finished:
             return None  # the search has started (or was restored from a checkpoint of one)
         if space.num_decided == space.num_decisions:
             return (f"every decision has one candidate (weights {list(space.candidates['w'])}, activations "
                     f"{list(space.candidates['a'])})")
-        only = self._only_feasible()
-        if only is None:
+        if self.decider.only_feasible() is None:
             return None
         specs = ", ".join(b.spec for b in self.config.budgets)
         return (f"the budget {specs} leaves one feasible policy: every other candidate of each open decision "
                 "would break it")
-
-    def _only_feasible(self) -> dict[tuple[int, str], int] | None:
-        """``{(layer, slot): index}`` if every open decision has one feasible candidate and they fit."""
-        space, decider = self.space, self.decider
-        masks = {s: space.masks(s) for s in SLOTS}
-        only = {}
-        for layer, slot in space.decisions:
-            if space.fixed_index(layer, slot) >= 0:
-                continue
-            feasible = []
-            for k in torch.nonzero(masks[slot][layer]).flatten().tolist():
-                trial = {s: m.clone() for s, m in masks.items()}
-                trial[slot][layer] = False
-                trial[slot][layer, k] = True
-                if decider._feasible(trial["w"], trial["a"]):
-                    feasible.append(k)
-                    if len(feasible) > 1:
-                        return None
-            if len(feasible) != 1:
-                return None
-            only[(layer, slot)] = feasible[0]
-        trial = {s: m.clone() for s, m in masks.items()}
-        for (layer, slot), k in only.items():
-            trial[slot][layer] = False
-            trial[slot][layer, k] = True
-        return only if decider._feasible(trial["w"], trial["a"]) else None
 
     def settle(self, step: int = 0) -> Policy:
         """Fix the one policy :meth:`single_policy` found, record it (``by: "only"``) and finish.
@@ -276,13 +293,9 @@ class SSPSSearch(DivergenceGuard, LogitsObjective):
         if reason is None:
             raise ValueError("settle() needs a space with one feasible policy; single_policy() is None")
         space = self.space
-        for (layer, slot), k in (self._only_feasible() or {}).items():
+        for (layer, slot), k in (self.decider.only_feasible() or {}).items():
             space.fix(layer, slot, k)
-        for layer, slot in space.decisions:
-            label = space.label(layer, slot)
-            self.decider.decided.setdefault(label, {
-                "step": int(step), "certainty": 1.0, "bits": space.candidates[slot][space.fixed_index(layer, slot)],
-                "guarded": False, "by": "only"})
+        self.decider.record_only(step)
         self.settled = reason
         return self.finish(step)
 
@@ -291,33 +304,13 @@ class SSPSSearch(DivergenceGuard, LogitsObjective):
 
         Call when every decision is made. Gains are the running loss-increase estimates ``D``
         (squared form for the dense signal; each slot's candidate order breaks ties when no
-        score was measured). Returns ``{'before': {cost: value}, 'after': {...}, 'raises': [...]}``.
+        score was measured). Returns :meth:`SequentialDecider.fill`'s report.
         """
-        from .solver import budget_fill
-
-        space = self.space
-        names = list(self.costs)
-        before = {n: self.costs[n].of_bits(space.bits()) for n in names}
-        w_idx = [space.fixed_index(l, "w") for l in range(len(space.searched))]
-        a_idx = [space.fixed_index(l, "a") for l in range(len(space.searched))]
         if gains is None:
             gains = {s: self.scores.value(s) for s in SLOTS}
             if self.scores.form == "signed":
                 gains = {s: g.abs() for s, g in gains.items()}
-        w_new, a_new, raises = budget_fill(w_idx, a_idx, self.constraints(), gains["w"], gains["a"])
-        for l, (w, a) in enumerate(zip(w_new, a_new)):
-            for slot, k in (("w", w), ("a", a)):
-                if k != space.fixed_index(l, slot):
-                    label = space.label(l, slot)
-                    info = self.decider.decided.setdefault(label, {"step": self.step, "certainty": 0.0, "by": "fill"})
-                    info["filled_from"] = info.get("bits")
-                    info["bits"] = space.candidates[slot][k]
-                    space.fix(l, slot, k)
-        after = {n: self.costs[n].of_bits(space.bits()) for n in names}
-        readable = [{"layer": space.searched[r["layer"]], "slot": r["slot"],
-                     "from": space.candidates[r["slot"]][r["from"]], "to": space.candidates[r["slot"]][r["to"]]}
-                    for r in raises]
-        return {"before": before, "after": after, "raises": readable}
+        return self.decider.fill(self.costs, self.constraints(), gains, self.step)
 
     def stats(self) -> dict[str, float]:
         """Scalars to log: expected cost / target per budget, decided, search-space size, tau."""
@@ -344,33 +337,15 @@ class SSPSSearch(DivergenceGuard, LogitsObjective):
                 policy with open decisions or over a budget is never final. ``meta['open']``
                 lists the open decisions.
         """
-        self._require_prepared()
-        space, decided = self.space, self.decider.decided
+        self.require_prepared()
+        space = self.space
         bits = space.bits()
-        layers = {}
-        for name, _ in space.model.named_modules():
-            if name in space.cells:
-                entry = {"w_bits": bits[name][0], "a_bits": bits[name][1], "pinned": name in space.pinned,
-                         "certainty": None, "decided_at": None}
-                if name not in space.pinned:
-                    info = [decided.get(f"{name}.{s}_bits") for s in SLOTS]
-                    if all(info):
-                        entry["certainty"] = round(min(i["certainty"] for i in info), 6)
-                        entry["decided_at"] = max(i["step"] for i in info)
-                layers[name] = entry
-            elif name in self.excluded:
-                layers[name] = {"w_bits": 32, "a_bits": 32, "excluded": True}
+        layers = space.layer_table(bits, self.decider.decided, self.excluded)
         with torch.no_grad():
             expected = self.expected_costs()
-        totals = {}
-        for name, cost in self.costs.items():
-            totals[name] = {
-                "policy": cost.of_bits({n: b for n, b in bits.items()}),
-                "expected": float(expected[name]),
-                "target": self.targets[name],
-                "unit": cost.model.unit,
-                "references": cost.references(),
-            }
+        totals = {name: {"policy": cost.of_bits(dict(bits)), "expected": float(expected[name]),
+                         "target": self.targets[name], "unit": cost.model.unit, "references": cost.references()}
+                  for name, cost in self.costs.items()}
         final = (self.finished if final is None else bool(final)) and space.num_decided == space.num_decisions
         meta = {
             "final": bool(final and self.within_budget()),
@@ -394,7 +369,7 @@ class SSPSSearch(DivergenceGuard, LogitsObjective):
 
     def state_dict(self) -> dict:
         """Everything but the model weights: logits, masks, sampler, decider, Adam, step."""
-        self._require_prepared()
+        self.require_prepared()
         return {
             "space": self.space.state_dict(),
             "decider": self.decider.state_dict(),
@@ -408,7 +383,7 @@ class SSPSSearch(DivergenceGuard, LogitsObjective):
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from :meth:`state_dict` (call after :meth:`prepare`)."""
-        self._require_prepared()
+        self.require_prepared()
         self.space.load_state_dict(state["space"])
         self.decider.load_state_dict(state["decider"])
         self.logits_optimizer.load_state_dict(state["logits_optimizer"])
@@ -418,3 +393,5 @@ class SSPSSearch(DivergenceGuard, LogitsObjective):
         self.step = int(state["step"])
         self.finished = bool(state.get("finished", False))
         self.settled = state.get("settled")
+
+    build_constraints = _build_constraints  # until helper config's public build_constraints() lands (lead: drop)

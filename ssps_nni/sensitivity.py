@@ -13,8 +13,8 @@ float model:
    ``(w, a)`` pair per layer: a multiple-choice knapsack solved exactly with HiGHS
    (``scipy.optimize.milp``), followed by the budget fill of §5.
 
-``random_policy`` gives the floor any search must clear: a random feasible policy that uses
-0.97 to 1.0 of every budget.
+``random_search_policy`` gives the floor any search must clear: a random feasible policy that
+uses 0.97 to 1.0 of every budget (:func:`ssps_nni.solver.random_policy` on the search's tables).
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def first_order_scores(search: SSPSSearch, loss_fn: Callable[[object], torch.Ten
     """
     if int(num_batches) < 1:
         raise ValueError(f"num_batches must be >= 1, got {num_batches}")
-    search._require_prepared()
+    search.require_prepared()
     space, model = search.space, search.model
     sampler = space.sampler
     was_training = model.training
@@ -125,8 +125,7 @@ def sensitivity_policy(search: SSPSSearch, scores: dict[str, torch.Tensor], time
     objective = s_w[:, :, None] + s_a[:, None, :]
     w_idx, a_idx = solve_mckp(objective, search.constraints(), time_limit=time_limit)
     _apply(search, w_idx, a_idx)
-    search.fill_info = search.budget_fill({"w": s_w, "a": s_a})
-    search.finished = True  # the method's result (final when within budget, docs/algorithm.md §8)
+    search.conclude(search.budget_fill({"w": s_w, "a": s_a}))  # final when within budget (docs/algorithm.md §8)
     policy = search.policy()
     policy.meta["method"] = "sensitivity"
     policy.meta["solve_s"] = round(time.perf_counter() - start, 3)
@@ -148,14 +147,14 @@ def retarget(search: SSPSSearch, budget) -> None:
     """
     import dataclasses
 
-    search._require_prepared()
+    search.require_prepared()
     search.config = dataclasses.replace(search.config, budget=budget)
     for l in range(len(search.space.searched)):
         cell = search.space.cell(l)
         for slot in SLOTS:
             cell.set_mask(slot, torch.ones(len(cell.candidates(slot)), dtype=torch.bool))
-    search._build_constraints()
-    search.fill_info, search.finished = None, False
+    search.build_constraints()
+    search.reopen()
 
 
 def policies_at(search: SSPSSearch, scores: dict[str, torch.Tensor], budgets) -> dict:
@@ -171,7 +170,7 @@ def policies_at(search: SSPSSearch, scores: dict[str, torch.Tensor], budgets) ->
     return out
 
 
-def random_policy(search: SSPSSearch, seed: int = 0, low: float = 0.97) -> Policy:
+def random_search_policy(search: SSPSSearch, seed: int = 0, low: float = 0.97) -> Policy:
     """A random feasible policy using ``low`` to 1.0 of every budget (the floor of §9).
 
     Random start, random lowering until feasible, then random raises until none fits
@@ -179,17 +178,18 @@ def random_policy(search: SSPSSearch, seed: int = 0, low: float = 0.97) -> Polic
     """
     from .solver import random_policy as draw
 
-    search._require_prepared()
+    search.require_prepared()
     space = search.space
     generator = torch.Generator().manual_seed(int(seed))
     w_idx, a_idx = draw(search.constraints(), len(space.candidates["w"]), len(space.candidates["a"]),
                         generator, low=low)
     _apply(search, w_idx, a_idx)
-    search.finished = True
+    search.conclude()
     policy = search.policy()
     policy.meta["method"] = "random"
     policy.meta["seed"] = int(seed)
     return policy
 
 
-__all__ = ["sensitivity_scores", "first_order_scores", "sensitivity_policy", "retarget", "policies_at", "random_policy"]
+__all__ = ["sensitivity_scores", "first_order_scores", "sensitivity_policy", "retarget", "policies_at",
+           "random_search_policy"]

@@ -80,7 +80,8 @@ def test_work_dir_room_grows_with_the_starting_checkpoint(tmp_path):
 def test_written_files_honour_the_umask(tmp_path, umask):
     """atomic_write (policy.json, reports, ONNX) and plot_policy (figures) give the mode that
     open() gives under the umask, not mkstemp's 0600."""
-    from ssps_nni.policy import Policy, plot_policy
+    from ssps_nni.plots import plot_policy
+    from ssps_nni.policy import Policy
 
     policy = Policy(layers={'conv': {'w_bits': 4, 'a_bits': 4}}, candidates={'w': [2, 4], 'a': [2, 4]})
     previous = os.umask(umask)

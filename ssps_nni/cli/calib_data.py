@@ -183,7 +183,7 @@ def config_data(config: str, model, count: int, shape: tuple[int, ...] | None, s
     from mmengine.registry import DefaultScope
     from mmengine.runner import Runner
 
-    from ssps_nni.mmengine.calibration import calibration_loader
+    from ssps_nni.calibration_data import calibration_loader
 
     cfg = Config.fromfile(config)
     with DefaultScope.overwrite_default_scope(cfg.get('default_scope', None)):

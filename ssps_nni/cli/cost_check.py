@@ -123,7 +123,7 @@ def measure_profile(cfg, hook, key: str) -> dict:
     from mmengine.runner import Runner
 
     from ssps_nni.errors import BudgetError
-    from ssps_nni.mmengine.calibration import calibration_loader, forward_fn, preserved_rng
+    from ssps_nni.calibration_data import calibration_loader, forward_fn, preserved_rng
     from ssps_nni.mmengine.qat import build_model_from_cfg
     from ssps_nni.search import SSPSSearch
 

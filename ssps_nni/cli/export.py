@@ -224,7 +224,8 @@ def run(args: argparse.Namespace, prog: str = PROG) -> Path:
 
     from ssps_nni.checkpoint import load_fixed_state
     from ssps_nni.export import DEFAULT_OPSET, export_onnx
-    from ssps_nni.policy import apply_policy, atomic_write
+    from ssps_nni.apply_policy import apply_policy
+    from ssps_nni.files import atomic_write
 
     from .calib_data import DEFAULT_SHAPE, check_model_input
 

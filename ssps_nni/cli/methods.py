@@ -65,7 +65,7 @@ def prepared_search(cfg):
     from mmengine.model import is_model_wrapper
     from mmengine.runner import Runner, load_checkpoint
 
-    from ssps_nni.mmengine.calibration import calibration_loader, forward_fn, preserved_rng
+    from ssps_nni.calibration_data import calibration_loader, forward_fn, preserved_rng
     from ssps_nni.search import SSPSSearch
 
     from .search import build_hook  # the hook the search itself would build (one validation path)
@@ -149,7 +149,7 @@ def run_sensitivity(cfg, args) -> None:
                      f'{time.perf_counter() - begin:.1f} s')
     if kind == 'adapted':
         from ssps_nni.adapted import adapted_increase
-        from ssps_nni.mmengine.score_prior import ADAPT_STEPS
+        from ssps_nni.calibrate_scores import ADAPT_STEPS
 
         begin = time.perf_counter()
         with torch.no_grad():
@@ -168,7 +168,7 @@ def run_sensitivity(cfg, args) -> None:
 
 def run_random(cfg, args) -> None:
     """A random policy within the budget, drawn with the search's seed (``--seed``)."""
-    from ssps_nni.sensitivity import random_policy
+    from ssps_nni.sensitivity import random_search_policy as random_policy
 
     start = time.perf_counter()
     runner, _, search, _ = prepared_search(cfg)
@@ -178,7 +178,7 @@ def run_random(cfg, args) -> None:
 
 def write_policy(runner, policy, what: str, start: float, detail: str = '') -> None:
     """``policy.json`` and ``policy.png`` (no search history) in the work dir; log time and cost."""
-    from ssps_nni.policy import plot_policy
+    from ssps_nni.plots import plot_policy
 
     work_dir = Path(runner.work_dir)
     policy.save(work_dir / 'policy.json')

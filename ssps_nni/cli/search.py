@@ -349,7 +349,7 @@ def print_result(work_dir: str) -> bool:
         False (and one line on the partial snapshot instead) when the work dir holds no
         ``policy.json``: the search did not finish (interrupted, or stopped early on another rank).
     """
-    from ssps_nni.mmengine.report import cost_lines
+    from ssps_nni.cost_report import cost_lines
     from ssps_nni.policy import POLICY_JSON, load_policy
 
     path = Path(work_dir) / POLICY_JSON

@@ -208,7 +208,7 @@ def result(runner, cfg, args, metrics: dict) -> dict:
     """Metrics next to the BitOPs and size of the trained model; the ``train_result.json`` content."""
     from mmengine.model import is_model_wrapper
 
-    from ssps_nni.mmengine.calibration import calibration_loader, forward_fn
+    from ssps_nni.calibration_data import calibration_loader, forward_fn
     from ssps_nni.mmengine.qat import QAT_POLICY_JSON, model_costs
 
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
@@ -270,7 +270,7 @@ def main(argv=None, prog: str = PROG) -> int:
         return int(getattr(err, 'exit_status', 130))
     from mmengine.dist import is_main_process
 
-    from ssps_nni.policy import atomic_write
+    from ssps_nni.files import atomic_write
 
     res = dict(result(runner, cfg, args, metrics), **times)  # wall seconds of the training and the test
     if is_main_process():

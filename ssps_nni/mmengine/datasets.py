@@ -36,12 +36,17 @@ class ArrayCIFAR10(BaseDataset):
     image, 'gt_label': int, 'sample_idx': int}``, as mmpretrain's ``CIFAR10`` serves them; no
     per-sample dicts are kept or pickled (``serialize_data`` does not apply). ``indices``
     follows ``BaseDataset``: an int keeps the first that many, a sequence those samples.
+
+    Attributes:
+        subset_indices: the ``indices`` argument (None: every sample), kept here rather than
+            passed on: ``BaseDataset`` slices its per-sample ``data_list``, which is not built.
     """
 
     METAINFO = {'classes': CIFAR10_CATEGORIES}
 
-    def __init__(self, **kwargs):
+    def __init__(self, indices=None, **kwargs):
         self.images = self.labels = None
+        self.subset_indices = indices
         kwargs['serialize_data'] = False  # the arrays are already one compact buffer
         super().__init__(ann_file='', **kwargs)
 
@@ -52,9 +57,10 @@ class ArrayCIFAR10(BaseDataset):
         if self._fully_initialized:
             return
         images, labels = self.arrays()
-        if self._indices is not None:
-            keep = (np.arange(min(int(self._indices), len(labels))) if isinstance(self._indices, int)
-                    else np.asarray(list(self._indices), dtype=np.int64))
+        subset = self.subset_indices
+        if subset is not None:
+            keep = (np.arange(min(int(subset), len(labels))) if isinstance(subset, int)
+                    else np.asarray(list(subset), dtype=np.int64))
             images, labels = images[keep], labels[keep]
         self.images, self.labels = images, labels
         self.data_list = []

@@ -52,13 +52,14 @@ from mmengine.registry import HOOKS
 
 from ..convert import DEFAULT_CANDIDATES
 from ..errors import SSPSError
-from ..policy import PARTIAL_POLICY_JSON, PARTIAL_POLICY_PNG, POLICY_JSON, POLICY_PNG, plot_policy
+from ..plots import plot_policy
+from ..policy import PARTIAL_POLICY_JSON, PARTIAL_POLICY_PNG, POLICY_JSON, POLICY_PNG
 from ..search import SSPSSearch
 from ..search_config import PLACEHOLDER_STEPS, SearchConfig
-from .calibration import calibration_loader, forward_fn, preserved_rng
+from ..calibration_data import calibration_loader, forward_fn, preserved_rng
 from .loops import late_stop, stop_training
 from .optim import add_param_group, find_optim_wrapper, loss_scale, reduce_logit_grads
-from .report import cost_lines, reference_text
+from ..cost_report import cost_lines, reference_text
 
 __all__ = ['SSPSHook', 'HOOK_OPTIONS']
 
@@ -246,7 +247,7 @@ class SSPSHook(Hook):
         elif not search.done:
             self._move_earlier_policy(runner)
             if search.config.score_calibration != 'none' and search.step == 0 and search.scores.scale is None:
-                from .score_prior import calibrate_scores  # §10.2; a resumed search keeps its factors
+                from ..calibrate_scores import calibrate_scores  # §10.2; a resumed search keeps its factors
 
                 calibrate_scores(search, self._inner, runner.train_dataloader, runner.logger.info)
         if self.stop_when_done and late_stop(runner.train_loop):

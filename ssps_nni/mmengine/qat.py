@@ -39,7 +39,7 @@ from ..cost import BitOpsCost, SizeCost, profile_layers
 from ..errors import CandidateError, PolicyError
 from ..policy import Policy, load_policy, require_final
 from ..quant import FLOAT_BITS
-from .calibration import calibration_loader, forward_fn, preserved_rng
+from ..calibration_data import calibration_loader, forward_fn, preserved_rng
 from .optim import add_param_group, find_optim_wrapper
 
 __all__ = ['QuantPolicyHook', 'model_costs', 'build_model_from_cfg']
@@ -253,7 +253,7 @@ def model_costs(model: torch.nn.Module, run: Callable[[], None], num_samples: in
 
     Args:
         model: the (inner) model; run in eval mode with float forwards (nothing changes).
-        run: one pass over a few samples, e.g. :func:`~ssps_nni.mmengine.calibration.forward_fn`.
+        run: one pass over a few samples, e.g. :func:`~ssps_nni.calibration_data.forward_fn`.
         num_samples: samples processed by ``run``.
 
     Returns:
@@ -268,7 +268,7 @@ def model_costs(model: torch.nn.Module, run: Callable[[], None], num_samples: in
     with preserved_rng(), _float_forward(model, cells.values()):
         profiles = profile_layers(model, layers, run, num_samples)
     for cell in cells.values():
-        cell._calib = None  # statistics of this pass are not a calibration
+        cell.clear_calibration()  # statistics of this pass are not a calibration
     out = {}
     for cost in (BitOpsCost(), SizeCost()):
         value = sum(cost.layer_cost(profiles[n], *bits[n]) for n in layers)

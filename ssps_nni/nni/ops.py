@@ -39,7 +39,7 @@ class FixedQuantConv2d(QuantConv2d):
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", w_bits: int = 8, a_bits: int = 8):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode)
-        self._init_cell((w_bits,), (a_bits,))
+        self.init_cell((w_bits,), (a_bits,))
 
 
 class FixedQuantLinear(QuantLinear):
@@ -47,7 +47,7 @@ class FixedQuantLinear(QuantLinear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, w_bits: int = 8, a_bits: int = 8):
         super().__init__(in_features, out_features, bias=bias)
-        self._init_cell((w_bits,), (a_bits,))
+        self.init_cell((w_bits,), (a_bits,))
 
 
 class MixedPrecisionConv2d(ParametrizedModule, FixedQuantConv2d, wraps=FixedQuantConv2d):

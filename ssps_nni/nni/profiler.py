@@ -109,5 +109,5 @@ def _profile(space: nn.Module, layers: dict, forward_fn: Callable[[], object], n
     finally:
         for layer in layers.values():
             layer.calibrating = False
-            layer._calib = None
+            layer.clear_calibration()
         space.train(was_training)

@@ -58,7 +58,7 @@ class QuantSuperNetModule(BaseSuperNetModule):
 
     @property
     def attached(self) -> bool:
-        return self.cell._search is not None
+        return self.cell.attachment is not None
 
     def _value(self, slot: str, index: int) -> Any:
         return self.choices[slot].values[index]
@@ -70,7 +70,7 @@ class QuantSuperNetModule(BaseSuperNetModule):
             return self._value(slot, k)
         if not self.attached:
             return None
-        sampler, layer = self.cell._search
+        sampler, layer = self.cell.attachment
         return self._value(slot, sampler.argmax(slot, layer, self.cell.mask(slot)))
 
     # -- NNI supernet protocol -------------------------------------------------------------------
@@ -111,13 +111,13 @@ class QuantSuperNetModule(BaseSuperNetModule):
     def _probs(self, slot: str) -> list:
         mask = self.cell.mask(slot)
         if self.attached:
-            sampler, layer = self.cell._search
+            sampler, layer = self.cell.attachment
             return list(sampler.probs(slot, mask[None].expand(sampler.logits[slot].shape[0], -1))[layer])
         return list(mask.double() / mask.sum())
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """The sampler's logits this cell reads (shared by all cells), or none."""
-        return self.cell._search[0].parameters() if self.attached else []
+        return self.cell.attachment[0].parameters() if self.attached else []
 
     def freeze(self, sample: dict) -> nn.Module:
         """The fixed op at the sampled bits, with this cell's weights and step sizes."""

@@ -265,3 +265,34 @@ def test_mask_follows_every_change_of_its_buffer():
     cell.load_state_dict(state)
     assert cell.mask("a").tolist() == [False, False, True, False, False, False]
     assert cell.fixed_index("a") == 2
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("padding", [0, (1, 2), "same", "valid"])
+def test_conv_forward_is_the_conv2d_forward(padding_mode, padding):
+    """cell.conv_forward (public torch API only) computes what nn.Conv2d.forward does."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, (3, 4), padding=padding, dilation=(2, 1), groups=2, padding_mode=padding_mode)
+    x = torch.randn(2, 4, 9, 11)
+    assert torch.equal(cell_module.conv_forward(conv, x, conv.weight, conv.bias), conv(x))
+    cell = QuantConv2d.from_float(conv, (32,), (32,))  # a float cell runs the same convolution
+    assert torch.equal(cell(x), conv(x))
+
+
+def test_operand_at_runs_one_candidate_and_is_restored_on_error():
+    cell, sampler, x = make_conv_cell(CANDIDATES[2])
+    cell.eval()
+    expected = F.conv2d(quantize_activation(x, cell.a_scale[1].abs(), 8, bool(cell.a_signed)),
+                        quantize_weight(cell.weight, cell.w_scale[0].abs(), 2), cell.bias, padding=1)
+    with cell.operand_at("w", 0), cell.operand_at("a", 1):
+        torch.testing.assert_close(cell(x), expected)
+        assert cell.last_path == {"w": 0, "a": 1}
+    with cell.operand_at("a", -1):  # float input, the weight on its argmax path
+        float_input = cell(x)
+    k = sampler.argmax("w", 0, cell.mask("w"))
+    torch.testing.assert_close(float_input, F.conv2d(x, quantize_weight(cell.weight, cell.w_scale[k].abs(), (2, 8)[k]),
+                                                     cell.bias, padding=1))
+    with pytest.raises(ZeroDivisionError), cell.operand_at("w", 1):
+        1 / 0
+    cell(x)
+    assert cell.last_path == {"w": k, "a": sampler.argmax("a", 0, cell.mask("a"))}  # back to the sampler's paths

@@ -260,3 +260,26 @@ def test_search_config_flows_into_decider():
     config = SearchConfig(budget="bitops=W4A4", total_steps=20, warmup_steps=5, interval=3, threshold=None,
                           certainty="margin", schedule="none", prune_epsilon=0.05, guard=False)
     assert config.decider == DeciderConfig(20, 5, 3, None, "margin", "none", 0.05, False)
+
+
+def test_fill_records_each_raise_within_the_budget_and_the_search_concludes():
+    search = make_search("bitops=W4A4")
+    search.decider.finalize(6)
+    gains = {s: torch.tensor([[3.0, 2.0, 0.0]] * 3, dtype=torch.float64) for s in "wa"}  # 8 bits lose least
+    report = search.decider.fill(search.costs, search.constraints(), gains, step=6)
+    assert report["raises"] and search.within_budget()
+    assert report["before"]["bitops"] < report["after"]["bitops"] <= search.targets["bitops"]
+    raised = {}  # label -> (bits before the fill, bits after it)
+    for r in report["raises"]:
+        label = f"{r['layer']}.{r['slot']}_bits"
+        raised[label] = (raised.get(label, (r["from"],))[0], r["to"])
+    bits = search.space.bits()
+    for label, (first, final) in raised.items():
+        info = search.decider.decided[label]
+        layer, slot = label.rsplit(".", 1)
+        assert info["bits"] == final == bits[layer]["wa".index(slot[0])] and info["filled_from"] == first
+    assert not search.finished
+    search.conclude(report)
+    assert search.finished and search.policy().meta["fill"] is report and search.policy().final
+    search.reopen()
+    assert not search.finished and search.fill_info is None and not search.policy().final

@@ -12,7 +12,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CORE = ("quant", "sampler", "cell", "convert", "cost", "penalty", "decider", "policy", "search", "errors",
-        "export", "checkpoint", "calibrate")
+        "export", "checkpoint", "calibrate", "layer_names", "apply_policy", "plots")
+#: Helpers of the mmengine driver that need no mmengine, moved out of ``ssps_nni/mmengine/`` (issue 23).
+DRIVER_HELPERS = ("cost_report", "calibration_data", "calibrate_scores")
+OPENMMLAB = ("mmengine", "mmpretrain", "mmcv", "mmdet")
 
 
 def test_core_imports_neither_nni_nor_mmengine():
@@ -27,6 +30,22 @@ def test_core_imports_neither_nni_nor_mmengine():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_driver_helpers_outside_the_mmengine_package_load_no_openmmlab():
+    """Each module, imported alone in a fresh interpreter, loads neither ``ssps_nni.mmengine`` nor mmengine."""
+    code = (
+        "import importlib, sys\n"
+        f"for name in {DRIVER_HELPERS!r}:\n"
+        "    importlib.import_module('ssps_nni.' + name)\n"
+        f"    bad = sorted(m for m in sys.modules\n"
+        f"                 if m.split('.')[0] in {OPENMMLAB!r} or m.startswith('ssps_nni.mmengine'))\n"
+        "    assert not bad, f'importing ssps_nni.{name} loaded {bad[:5]}'\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("name", ["quant", "sampler", "penalty", "decider", "cost"])

@@ -1,4 +1,4 @@
-"""Policy JSON, its validation and application (ssps_nni/policy.py, docs/algorithm.md §8)."""
+"""Policy JSON, validation, name matching, application (ssps_nni/policy.py, layer_names.py, apply_policy.py, §8)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,8 @@ from torch import nn
 from ssps_nni.cell import QuantConv2d, QuantLinear
 from ssps_nni.convert import fixed_model
 from ssps_nni.errors import PolicyError
-from ssps_nni.policy import Policy, apply_policy, load_policy
+from ssps_nni.apply_policy import apply_policy
+from ssps_nni.policy import Policy, load_policy
 from tiny_models import HandNet, hand_input
 
 
@@ -195,7 +196,7 @@ def test_a_plain_policy_applies_to_the_nested_model_and_back():
 
 
 def test_suffix_matching_takes_the_one_layer_left():
-    from ssps_nni.policy import match_layer_names
+    from ssps_nni.layer_names import match_layer_names
 
     model = ["backbone.conv1", "backbone.layer1.0.conv1", "backbone.layer1.0.conv2", "head.fc"]
     policy = ["conv1", "layer1.0.conv1", "layer1.0.conv2", "fc"]  # 'conv1' ends two model names
@@ -213,7 +214,7 @@ def test_suffix_matching_takes_the_one_layer_left():
     (["conv1"], ["conv1", "conv2"], "model layer 'conv2' is missing from the policy"),
 ])
 def test_names_that_match_no_layer_or_several_are_refused(policy, model, match):
-    from ssps_nni.policy import match_layer_names
+    from ssps_nni.layer_names import match_layer_names
 
     with pytest.raises(PolicyError, match=match):
         match_layer_names(policy, model, "M")

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssps_nni.errors import BudgetError, CandidateError, NoQuantizableLayersError, UnknownCostError
-from ssps_nni.policy import apply_policy, load_policy
+from ssps_nni.apply_policy import apply_policy
+from ssps_nni.policy import load_policy
 from ssps_nni.search import SearchConfig, SSPSSearch
 from tiny_models import HandNet, hand_input, tensors_equal
 
@@ -243,6 +244,31 @@ def test_nonfinite_logits_objective_names_its_source():
     with pytest.raises(SearchDivergedError, match=r"the logits objective J is nan.*it comes from dw \(its bitops cost "
                                                   r"table\)"):
         search.step_logits()
+
+
+def test_the_parts_run_on_their_declared_inputs():
+    """The objective and the divergence guard are objects built from explicit inputs, not mixins."""
+    from ssps_nni.divergence import DivergenceGuard
+    from ssps_nni.objective import LogitsObjective
+    from ssps_nni.sampler import SLOTS
+
+    assert SSPSSearch.__bases__ == (object,)
+    model, search, optimizer = new_search()
+    train(model, search, optimizer, 0, 3)
+    guard = DivergenceGuard(search.space, 8)  # the space and the search length, the step per call
+    assert str(guard.diverged(3, "x", "at y", "z", "h")) == str(search.diverged("x", "at y", "z", "h"))
+    objective = LogitsObjective(search.space, search.scores, search.logits_optimizer, "dense", None,
+                                lambda what, layer: ValueError(f"{what} | {layer}"))
+    masks = {s: search.space.masks(s) for s in SLOTS}
+    probs = {s: search.space.probs(s).detach().double() for s in SLOTS}
+    assert torch.equal(objective.value(probs, masks, search.costs, search.targets), search.logits_objective(probs, masks))
+    assert objective.mu == search.mu and len(objective.mu) == 1
+    search.costs["bitops"].table[0, 1, 1] = float("nan")
+    search.begin_step(3)
+    x, y = batch(3)
+    F.cross_entropy(model(x), y).backward()
+    with pytest.raises(ValueError, match=r"J is nan .*\| it comes from dw \(its bitops cost table\)"):
+        objective.step(False, search.costs, search.targets)
 
 
 def test_policy_is_final_only_when_finished_and_lists_open_decisions():

@@ -16,7 +16,8 @@ from torch import nn
 from ssps_nni.data import load_cifar10_subset
 from ssps_nni.calibrate import calibrate_cells
 from ssps_nni.models import resnet20
-from ssps_nni.policy import Policy, apply_policy
+from ssps_nni.apply_policy import apply_policy
+from ssps_nni.policy import Policy
 
 #: mmpretrain's CIFAR-10 normalisation (RGB, 0..255).
 MEAN = np.asarray((125.307, 122.961, 113.8575), dtype=np.float32)

@@ -14,7 +14,7 @@ from ssps_nni.checkpoint import load_fixed_state
 from ssps_nni.convert import convert_model
 from ssps_nni.errors import ExportError
 from ssps_nni.models import resnet20
-from ssps_nni.policy import apply_policy
+from ssps_nni.apply_policy import apply_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 onnx = pytest.importorskip("onnx")

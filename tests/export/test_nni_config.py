@@ -17,7 +17,7 @@ from ssps_nni.data import load_cifar10_subset
 from ssps_nni.errors import PolicyError
 from ssps_nni.models import resnet20
 from ssps_nni.nni.config_list import policy_to_nni_config_list
-from ssps_nni.policy import apply_policy
+from ssps_nni.apply_policy import apply_policy
 
 
 def test_entries_follow_the_policy():

@@ -285,7 +285,7 @@ def test_a_nan_loss_the_forward_hook_did_not_see_still_stops_the_search(tmp_path
 
 def test_reference_text_names_only_the_references_a_cost_has():
     """A LUT need not price FP32 or W8A8: the hook's budget line must not need them (KeyError before)."""
-    from ssps_nni.mmengine.report import reference_text
+    from ssps_nni.cost_report import reference_text
 
     assert reference_text({'min': 1.0, 'max': 2.0}, str) == 'min 1.0, max 2.0'
     assert reference_text({'fp32': 4, 'w8a8': 3, 'min': 1, 'max': 2}, str) == 'FP32 4, W8A8 3, min 1, max 2'

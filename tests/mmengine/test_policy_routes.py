@@ -23,7 +23,8 @@ from nni.nas.execution import SequentialExecutionEngine  # noqa: E402
 from nni.nas.space import RawFormatModelSpace  # noqa: E402
 from ssps_nni.cell import QuantCellMixin  # noqa: E402
 from ssps_nni.models import resnet20  # noqa: E402
-from ssps_nni.policy import apply_policy, load_policy  # noqa: E402
+from ssps_nni.apply_policy import apply_policy  # noqa: E402
+from ssps_nni.policy import load_policy  # noqa: E402
 
 from mm_search_helpers import TRAIN_TOOL, run_tool  # noqa: E402
 

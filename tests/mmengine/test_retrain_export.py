@@ -30,7 +30,8 @@ ort = pytest.importorskip('onnxruntime')
 import ssps_nni.mmengine  # noqa: E402,F401  (torch safe globals for mmengine checkpoints)
 from ssps_nni.data import load_cifar10_subset  # noqa: E402
 from ssps_nni.mmengine.qat import build_model_from_cfg  # noqa: E402
-from ssps_nni.policy import apply_policy, load_policy  # noqa: E402
+from ssps_nni.apply_policy import apply_policy  # noqa: E402
+from ssps_nni.policy import load_policy  # noqa: E402
 
 from mm_search_helpers import EXPORT_TOOL, TRAIN_TOOL, run_tool  # noqa: E402
 

@@ -1,5 +1,5 @@
 """``SSPSHook(score_calibration='measured')``: the running scores scaled per operand before the first step
-(ssps_nni/mmengine/score_prior.py, docs/algorithm.md §10.2)."""
+(ssps_nni/calibrate_scores.py, docs/algorithm.md §10.2)."""
 from __future__ import annotations
 
 import pytest
@@ -32,7 +32,7 @@ def test_measured_calibration_scales_the_scores_and_is_checkpointed(tmp_path):
 
 
 def test_resume_keeps_the_checkpoint_factors(tmp_path, monkeypatch):
-    import ssps_nni.mmengine.score_prior as prior
+    import ssps_nni.calibrate_scores as prior
 
     runner = toy_runner(tmp_path, max_iters=4, score_calibration='measured', stop_when_done=False)
     runner.train()

@@ -127,7 +127,7 @@ def main(argv=None, prog: str = PROG) -> int:
         mode, settings, sections, device, data_root = resolve(args)
     except InputError as err:
         return fail(prog, err)
-    from ssps_nni.policy import atomic_write
+    from ssps_nni.files import atomic_write
 
     out = Path(args.out or ROOT / 'work_dirs' / f'benchmark_{mode}').resolve()
     try:

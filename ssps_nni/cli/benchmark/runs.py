@@ -81,7 +81,7 @@ class RunCache:
         start = time.perf_counter()
         result = run(folder)
         result['run_s'] = time.perf_counter() - start
-        from ssps_nni.policy import atomic_write
+        from ssps_nni.files import atomic_write
         atomic_write(folder / 'done.json', json.dumps({'key': key, 'settings': settings, 'result': result},
                                                       indent=2) + '\n')
         self.memo[name] = (key, result)

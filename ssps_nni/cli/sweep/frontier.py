@@ -148,6 +148,6 @@ def build(s: dict, results: dict, jobs_total: int, priced=None, environment: dic
 
 
 def write(path: Path, data: dict) -> Path:
-    from ssps_nni.policy import atomic_write
+    from ssps_nni.files import atomic_write
 
     return atomic_write(path, json.dumps(data, indent=2, default=str) + '\n')

@@ -49,7 +49,7 @@ def scores_run(folder: Path, config: str, options: list[str], seed: int, budget_
     Writes ``folder/sensitivity_scores.json``: ``{'layers': [...], 'candidates': {'w', 'a'},
     'w': [[...]], 'a': [[...]], 'batches': N}`` (mean squared first-order scores, loss squared).
     """
-    from ssps_nni.policy import atomic_write
+    from ssps_nni.files import atomic_write
     from ssps_nni.sensitivity import sensitivity_scores
 
     from ..methods import cycled_batches, loss_function

@@ -26,7 +26,7 @@ def resolve_config(s: dict, out: Path) -> None:
 
     from mmengine.config import Config
 
-    from ssps_nni.policy import atomic_write
+    from ssps_nni.files import atomic_write
 
     text = Config.fromfile(s['config']).pretty_text
     s['run_config'] = str(atomic_write(out / 'config.py', text))
@@ -114,7 +114,7 @@ def sweep(s: dict, prog: str, started: float) -> int:
             env = environment('cuda' if torch.cuda.is_available() else 'cpu')
             jobs = plan.build(s)
             frontier.check_metric(cached(jobs, out), s.get('metric'))  # a rerun: refused before any output
-            from ssps_nni.policy import atomic_write
+            from ssps_nni.files import atomic_write
 
             atomic_write(out / 'sweep.json', json.dumps(s, indent=2, default=str) + '\n')
             console = sys.stdout

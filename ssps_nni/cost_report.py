@@ -1,10 +1,14 @@
-"""Human-readable lines about a policy's cost: policy vs target, and the references (docs/algorithm.md §4)."""
+"""Human-readable lines about a policy's cost: policy vs target, and the references (docs/algorithm.md §4).
+
+For logs and the command line's summary (the mmengine hook, ``ssps search``); :mod:`ssps_nni.report`
+writes the tables that compare several policies.
+"""
 from __future__ import annotations
 
 from typing import Callable
 
-from ..cost import COST_MODELS, LutCost
-from ..policy import Policy
+from .cost import COST_MODELS, LutCost
+from .policy import Policy
 
 __all__ = ['cost_formatter', 'cost_lines']
 

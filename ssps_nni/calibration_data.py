@@ -1,9 +1,12 @@
-"""Data for SSPS's profiling and step-size calibration, from a runner's train dataloader.
+"""Data for SSPS's profiling and step-size calibration, from a training dataloader (an mmengine runner's).
 
 A separate ``DataLoader`` over a few random samples of the training dataset (same samples on
 every rank, so profiles and calibration agree across ranks). A second ``iter()`` on the
-runner's own loader would reset persistent workers and share batch-sampler state. The random states of ``random``, numpy and torch are restored
-afterwards, so calibrating does not change the training run that follows (resume skips it).
+runner's own loader would reset persistent workers and share batch-sampler state. The random
+states of ``random``, numpy and torch are restored afterwards, so calibrating does not change
+the training run that follows (resume skips it).
+Nothing here imports mmengine: :func:`forward_fn` only calls the model as an mmengine
+``BaseModel`` is called.
 """
 from __future__ import annotations
 

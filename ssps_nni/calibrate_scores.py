@@ -1,16 +1,17 @@
-"""The search's score calibration on an mmengine model (docs/algorithm.md §10.2).
+"""The search's score calibration on a model's training batches (docs/algorithm.md §10.2).
 
 ``SSPSHook`` calls :func:`calibrate_scores` in ``before_train`` when its ``score_calibration``
 option is ``'measured'`` or ``'adapted'``: a one-time measurement on random training batches (the
 calibration loader's, with other seeds) before the first step; the running scores are then
 scaled per operand (:func:`ssps_nni.score_calibration.calibrate_search`). A resumed search keeps the factors
-of its checkpoint.
+of its checkpoint. The model follows mmengine's ``BaseModel`` protocol (``data_preprocessor``,
+``parse_losses``, ``mode='loss'``); nothing here imports mmengine.
 """
 from __future__ import annotations
 
 import torch
 
-from .calibration import calibration_loader, preserved_rng
+from .calibration_data import calibration_loader, preserved_rng
 
 __all__ = ['calibrate_scores', 'SCORE_BATCHES', 'MEASURE_BATCHES']
 
@@ -30,7 +31,7 @@ def calibrate_scores(search, model, train_dataloader, log, score_batches: int = 
         train_dataloader: the runner's train loader (its dataset and collate are used).
         log: ``log(text)``, e.g. ``runner.logger.info``.
     """
-    from ..score_calibration import calibrate_search
+    from .score_calibration import calibrate_search
 
     mode = search.config.score_calibration
     if mode == 'adapted':
