@@ -136,6 +136,13 @@ BAD = [
     (['--budget-range', 'min:W4A4:1'], 'N must be >= 2'),
     (['--budget-range', 'W4A4:W2A2:3'], 'is above TO'),
     (['--budget-range', '1b:W4A4:3'], 'outside the reachable range'),
+    # options for every run, checked by the run's own parser before any run (--dry-run: none would start)
+    (['--train-args=--foo', '--dry-run'], "--train-args '--foo': ssps train refused it: unrecognized arguments: --foo"),
+    (['--search-args', '--method bogus', '--dry-run'], "ssps search refused it: argument --method: invalid choice"),
+    (['--train-args=--help', '--dry-run'], 'ssps train refused it: it prints its help'),
+    (['--train-args=--seed 3', '--dry-run'], "sets --seed, which ssps sweep sets for every run of ssps train (give "
+                                             "the sweep's --seeds instead)"),
+    (['--search-args=--cand 2,8', '--dry-run'], "sets --candidates, which ssps sweep sets"),
 ]
 
 

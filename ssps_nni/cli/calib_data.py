@@ -4,17 +4,20 @@ A checkpoint without step sizes (a float one) is calibrated before export
 (:func:`ssps_nni.calibrate.calibrate_cells`) on, in this order:
 
 1. ``--calib-data FOLDER``: the images of a folder (recursively; JPEG, PNG, GIF or WebP, read as
-   RGB, or grey for a 1-channel input), resized to ``--input-shape`` and normalised with
+   RGB, or grey for a 1-channel input), resized to ``--input-shape`` (default: the ``--config``'s
+   training data's shape, else 3x32x32) and normalised with
    ``--mean`` / ``--std`` (0..255 scale; default the ``--config``'s ``data_preprocessor``, else
    CIFAR-10's for the models of ``ssps_nni.models`` and ImageNet's for torchvision's);
 2. ``--calib-data FILE`` (``.pt`` / ``.pth``: ``torch.save`` of a tensor; ``.npy``): float inputs
-   ``(N, C, H, W)`` exactly as the model takes them (normalised);
+   ``(N, C, H, W)`` exactly as the model takes them (normalised); with ``--config`` and no
+   ``--input-shape`` they must have the shape of the config's training data (one sample read);
 3. ``--config`` alone: the config's training dataloader through the model's
    ``data_preprocessor``, as the search and ``ssps train`` calibrate;
 4. none of these: the shipped CIFAR-10 subset, only for a ``3x32x32`` input.
 
 A mismatch is refused (exit 2): inputs of another shape than ``--input-shape`` (a tensor file,
-the config's data, the CIFAR-10 subset), a channel count that the model's first convolution
+the config's data, the CIFAR-10 subset), a tensor file of another shape than the ``--config``'s
+data (without ``--input-shape``), a channel count that the model's first convolution
 does not take, a shape the model cannot run. Folder images are resized; one resized up by more
 than 2x gets a warning (small images for a large input are likely not the model's data).
 """
@@ -198,6 +201,11 @@ def config_data(config: str, model, count: int, shape: tuple[int, ...] | None, s
     return _batches(x, count), (1, *x.shape[1:]), f'{len(x)} training samples of {config}'
 
 
+def config_shape(config: str, model) -> tuple[int, ...]:
+    """The model input ``(1, C, H, W)`` of the config's training data: one sample of :func:`config_data`."""
+    return config_data(config, model, 1, None)[1]
+
+
 def cifar_subset(count: int, shape: tuple[int, ...]):
     """``count`` normalised training images of the shipped CIFAR-10 subset ``(B, 3, 32, 32)``.
 
@@ -238,7 +246,8 @@ def calibration_data(args, model, shape: tuple[int, ...] | None, count: int, war
     Args:
         args: the export options (``calib_data``, ``config``, ``model``, ``mean``, ``std``).
         model: the float model (mmengine models bring their ``data_preprocessor``).
-        shape: ``--input-shape`` as given, or None (then the data's shape, else 1,3,32,32).
+        shape: ``--input-shape`` as given, or None (then the ``--config``'s data's shape, else the
+            calibration data's, else 1,3,32,32).
         count: inputs to calibrate on.
         warn: called with one-line warnings.
 
@@ -252,13 +261,21 @@ def calibration_data(args, model, shape: tuple[int, ...] | None, count: int, war
     if args.calib_data:
         path = Path(args.calib_data)
         if path.is_dir():
-            shape = shape or DEFAULT_SHAPE
+            shape = shape or (config_shape(args.config, model) if args.config else DEFAULT_SHAPE)
             mean, std = default_normalisation(args, model)
             mean = parse_floats(args.mean, '--mean', shape[1]) or mean
             std = parse_floats(args.std, '--std', shape[1]) or std
             return image_folder(path, count, shape, mean, std, warn)
         if path.is_file() and path.suffix.lower() in TENSOR_SUFFIXES:
-            return tensor_file(path, count, shape)
+            batches, data_shape, what = tensor_file(path, count, shape)
+            if shape is None and args.config:  # the config's data is the model's input: the tensor must fit it
+                expected = config_shape(args.config, model)
+                if tuple(data_shape[1:]) != tuple(expected[1:]):
+                    raise InputError(f'--calib-data {path} holds inputs of {_dims(data_shape[1:])} but the training '
+                                     f'data of --config {args.config} gives inputs of {_dims(expected[1:])}; give '
+                                     f'inputs of that shape, or --input-shape {_dims(data_shape).replace("x", ",")} '
+                                     'to export at the tensor\'s shape')
+            return batches, data_shape, what
         what = 'does not exist' if not path.exists() else 'is neither a folder nor a .pt/.pth/.npy file'
         raise InputError(f'--calib-data {path} {what}; accepted: {DATA_FORM}')
     if args.config:

@@ -129,7 +129,8 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
                     help="mmengine config whose model to build instead of --model (checkpoints of ssps train)")
     ap.add_argument("--num-classes", type=int, default=10)
     ap.add_argument("--input-shape", default=None,
-                    help="model input N,C,H,W (default: the calibration data's, else 1,3,32,32)")
+                    help="model input N,C,H,W (default when calibrating: the --config's training data's, else the "
+                         "calibration data's, else 1,3,32,32)")
     ap.add_argument("--opset", type=int, default=None,
                     help="ONNX opset (default 17, at least 13; from 21 on weights of <= 4 bits are stored as INT4)")
     ap.add_argument("--calibrate", type=int, default=None, metavar="N",

@@ -136,3 +136,45 @@ def test_mismatching_checkpoint_names_keys(saved):
     state = {k: v for k, v in model.state_dict().items() if k != "layer1.0.conv1.weight"}
     with pytest.raises(ExportError, match="lacks parameters of the model: layer1.0.conv1.weight"):
         load_fixed_state(resnet20_fixed(policy), state, policy)
+
+
+def test_config_export_calibrates_at_the_config_datas_shape(tmp_path, capsys):
+    """--config without --input-shape: a --calib-data FOLDER is resized to the config's training
+    inputs (here a pipeline resizing to 40x40) and exported at that shape; a tensor file of 32x32
+    inputs is refused, naming both shapes and --input-shape (which then overrides the config)."""
+    pytest.importorskip("mmpretrain")
+    from mmengine.config import Config
+    from torchvision.io import write_png
+
+    import ssps_nni.mmengine  # noqa: F401  (registries)
+    from ssps_nni.cli import export
+    from ssps_nni.data import load_cifar10_subset
+    from ssps_nni.mmengine.qat import QuantPolicyHook, build_model_from_cfg
+
+    config = tmp_path / "r20_40px.py"
+    config.write_text(f"_base_ = [{str(ROOT / 'mmdet_configs' / 'cifar10_resnet20_ssps_subset.py')!r}]\n"
+                      "train_dataloader = dict(dataset=dict(pipeline=[dict(type='Resize', scale=(40, 40)), "
+                      "dict(type='PackInputs')]))\n")
+    model = build_model_from_cfg(Config.fromfile(str(config)))
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(QuantPolicyHook(uniform="W4A4").resolve(model).to_dict()))
+    ckpt = tmp_path / "float.pth"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    (tmp_path / "images").mkdir()
+    for k, item in enumerate(load_cifar10_subset("train")[:4]):
+        write_png(torch.from_numpy(item["img"]).permute(2, 0, 1).contiguous(), str(tmp_path / "images" / f"{k}.png"))
+    common = ["--config", str(config), "--policy", str(policy), "--checkpoint", str(ckpt), "--calibrate", "4"]
+
+    assert export.main([*common, "--output", str(tmp_path / "f.onnx"), "--calib-data", str(tmp_path / "images")]) == 0
+    assert "resized to 40x40" in capsys.readouterr().out
+    dims = [d.dim_value for d in onnx.load(str(tmp_path / "f.onnx")).graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [3, 40, 40]
+
+    torch.save(torch.randn(4, 3, 32, 32), tmp_path / "x32.pt")
+    tensor = [*common, "--calib-data", str(tmp_path / "x32.pt")]
+    assert export.main([*tensor, "--output", str(tmp_path / "t.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ssps export: error: ") and "--input-shape 1,3,32,32" in err, err
+    assert "holds inputs of 3x32x32 but the training data of --config" in err and "gives inputs of 3x40x40" in err
+    assert not (tmp_path / "t.onnx").exists()
+    assert export.main([*tensor, "--output", str(tmp_path / "t.onnx"), "--input-shape", "1,3,32,32"]) == 0

@@ -22,12 +22,13 @@ differences to the uniform line and between methods with their SE), ``frontier.m
 verdict per mixed point: above / below the uniform line or inside the noise, i.e. within two
 paired SEs), ``frontier.png``, ``sensitivity.png``. Every run is cached in ``runs/<name>``:
 the same command again reuses them and a killed sweep resumes. Exit status: 0 done, 1 some
-runs failed (the others are kept), 2 bad input, 130 interrupted.
+runs failed (the others are kept), 2 bad input, 130 / 143 stopped by Ctrl-C (SIGINT) / SIGTERM: the
+run(s) under way are cancelled, the finished ones kept, and the same command resumes.
 
 Layout: ``command`` (options, checks), ``budgets`` (budget text, uniform points), ``profile``
 (costs from the layer profile), ``plan`` (the runs and their dependencies), ``jobs`` (one run,
 in a worker or here), ``scheduler`` (parallel runs, ETA), ``stats`` (uniform line, paired SE),
-``frontier`` / ``report`` / ``plots`` (the outputs), ``run`` (the whole sweep).
+``frontier`` / ``report`` / ``plots`` (the outputs), ``signals`` (Ctrl-C, SIGTERM), ``run`` (the whole sweep).
 """
 from __future__ import annotations
 

@@ -85,6 +85,42 @@ def _accepts(module, option: str) -> bool:
     return True
 
 
+#: Options of ssps train / ssps search that the sweep sets per run (refused in --train-args /
+#: --search-args), with the sweep's option that sets them (None: the plan does).
+OWN = {'config': 'CONFIG', 'work_dir': '--work-dir', 'seed': '--seeds', 'load_from': '--load-from',
+       'cfg_options': '--cfg-options', 'resume': None, 'policy': None, 'uniform': None, 'budget': '--budgets',
+       'method': '--methods', 'candidates': '--candidates', 'sensitivity_batches': '--sensitivity-batches'}
+
+
+def check_passed(module, extra: list[str], option: str) -> None:
+    """``--train-args`` / ``--search-args`` as ``ssps train`` / ``ssps search`` (``module``) parse them.
+
+    Raises:
+        InputError: the command refuses them (its argparse error, e.g. an unknown option), they ask
+            for its help, or they set an option that the sweep sets for every run (``OWN``).
+    """
+    import contextlib
+    import io
+
+    command = module.PROG
+    err = io.StringIO()
+    try:  # a placeholder config: only parsed, and a positional in ``extra`` is not taken for it
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            given = module.parse_args(['CONFIG.py', *extra])
+    except SystemExit as exit_:
+        lines = err.getvalue().strip().splitlines()
+        why = (lines[-1].split(': error: ', 1)[-1] if exit_.code and lines
+               else 'it prints its help or version and exits; give options of a run')
+        raise InputError(f'{option} {shlex.join(extra)!r}: {command} refused it: {why}') from None
+    plain = module.parse_args(['CONFIG.py'])
+    for dest, sweep_option in OWN.items():
+        if getattr(given, dest, None) != getattr(plain, dest, None):
+            flag = 'a CONFIG' if dest == 'config' else '--' + dest.replace('_', '-')
+            instead = f"give the sweep's {sweep_option} instead" if sweep_option else 'leave it out'
+            raise InputError(f'{option} {shlex.join(extra)!r} sets {flag}, which ssps sweep sets for every run of '
+                             f'{command} ({instead})')
+
+
 def split_args(text: str, what: str) -> list[str]:
     try:
         return shlex.split(text)
@@ -144,6 +180,8 @@ def resolve(args) -> dict:
     from .. import train as train_cli
     from .profile import profile_costs
 
+    check_passed(train_cli, train_args, '--train-args')  # refused here, not by every run
+    check_passed(search_cli, search_args, '--search-args')
     if args.device is not None:
         if not (_accepts(train_cli, '--device') and _accepts(search_cli, '--device')):
             raise InputError('--device: ssps train / ssps search of this version have no --device option; mmengine '
@@ -199,7 +237,8 @@ def resolve(args) -> dict:
 
 
 def main(argv=None, prog: str = PROG) -> int:
-    """Run ``ssps sweep``; returns 0 (done), 1 (some runs failed), 2 (bad input), 130 (Ctrl-C)."""
+    """Run ``ssps sweep``; returns 0 (done), 1 (some runs failed), 2 (bad input), 130 / 143 (stopped by
+    SIGINT / SIGTERM: the finished runs kept, one line saying how to resume; ``signals``)."""
     args = parse_args(argv, prog)
     started = time.perf_counter()
     cwd = os.getcwd()
@@ -227,6 +266,9 @@ def main(argv=None, prog: str = PROG) -> int:
         return sweep(s, prog, started)
     except InputError as err:
         return fail(prog, err)
+    except KeyboardInterrupt:  # Ctrl-C while checking the options (sweep() handles its own)
+        print(f'{prog}: interrupted before any run started', file=sys.stderr)
+        return 130
     finally:
         os.chdir(cwd)
 

@@ -34,6 +34,26 @@ def pick_metric(results: dict, wanted: str | None) -> str | None:
     return wanted
 
 
+def reported(results: dict) -> list[str]:
+    """The numeric metrics that the finished evaluations report, sorted."""
+    return sorted({k for r in results.values() if isinstance(r.get('metrics'), dict)
+                   for k, v in r['metrics'].items() if isinstance(v, (int, float))})
+
+
+def check_metric(results: dict, wanted: str | None) -> None:
+    """Refuse ``--metric wanted`` when finished evaluations report metrics but not this one.
+
+    Raises:
+        InputError: one line naming the metrics they report.
+    """
+    names = reported(results)
+    if wanted and names and wanted not in names:
+        from ..common import InputError
+
+        raise InputError(f'--metric {wanted!r} is not reported by the runs; they report {", ".join(names)}: give '
+                         'one of these (the finished runs are kept and reused; no frontier file was written)')
+
+
 def point_costs(result: dict, priced) -> dict:
     """``{cost: value}`` of a trained run: BitOPs and size as trained, other costs from the profile."""
     costs = {'bitops': result.get('bitops'), 'size': result.get('size')}

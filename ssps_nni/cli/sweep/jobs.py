@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from ..benchmark.runs import RunCache, policy_run, train_run
+from . import signals
 
 SCORES_JSON = 'sensitivity_scores.json'
 
@@ -130,19 +131,29 @@ def execute(out: str, name: str, settings: dict, run: str, kwargs: dict) -> dict
     """Run ``RUNS[run](folder, **kwargs)`` under the cache as ``OUT/runs/<name>`` (or reuse it).
 
     The run's output goes to ``OUT/runs/<name>/run.log``; a failing ``ssps`` call raises
-    ``RuntimeError`` naming that log.
+    ``RuntimeError`` naming that log; a run that ends in any exception after this process
+    received SIGINT/SIGTERM (:mod:`.signals`) raises :class:`~.signals.RunInterrupted`.
     """
     cache = RunCache(Path(out), lambda msg: None)
+    received = signals.current()
+    mark = received.count() if received is not None else 0
 
     def call(folder: Path) -> dict:
         log = folder / 'run.log'
         try:
             with output_to(log):
                 return RUNS[run](folder, **kwargs)
-        except Exception as err:  # noqa: BLE001  (the message names the log; the traceback is in it)
+        except BaseException as err:  # (the message names the log; the traceback is in it)
             with open(log, 'a') as f:
                 import traceback
                 traceback.print_exc(file=f)
+            signum = received.received(mark) if received is not None else None
+            if signum is not None:  # e.g. a SyntaxError of mmengine's config formatting, cut by the signal
+                raise signals.RunInterrupted(signum, name) from None
+            if isinstance(err, SystemExit):  # a run's argparse (the sweep checks the options first)
+                raise RuntimeError(f'{name} exited with status {err.code}; see {log}') from None
+            if not isinstance(err, Exception):
+                raise
             raise RuntimeError(f'{name} failed ({type(err).__name__}: {err}); see {log}') from None
 
     return cache.get(name, settings, call)
@@ -163,6 +174,7 @@ def init_worker(parent: int, threads: int, cwd: str) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sweep handles Ctrl-C and ends its workers
+    signals.watch()  # a run that a signal stopped counts as interrupted (execute)
     os.chdir(cwd)
     os.environ['OMP_NUM_THREADS'] = str(threads)
     import torch

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from ..lock import WorkDirLock
 from . import frontier, plan, plots, report
 from .profile import pricer
 from .scheduler import Scheduler, clock
+from .signals import SweepStop
 
 
 def resolve_config(s: dict, out: Path) -> None:
@@ -64,8 +66,36 @@ def plan_summary(s: dict) -> str:
     return '\n'.join(lines)
 
 
+def cached(jobs: list, out: Path) -> dict:
+    """The finished runs (``done.json`` of the same settings) among the jobs that need no other run."""
+    from ..benchmark.runs import RunCache
+
+    cache, found = RunCache(out, lambda msg: None), {}
+    for job in jobs:
+        made = job.make({}) if not job.deps else None
+        if isinstance(made, plan.Run) and (result := cache.lookup(job.name, made.settings)) is not None:
+            found[job.name] = result
+    return found
+
+
+def stopped_line(prog: str, signum: int, done: int, total: int, out: Path) -> str:
+    """The one line of a sweep stopped by a signal: the runs done and how to resume."""
+    what = 'interrupted' if signum == signal.SIGINT else f'stopped by {signal.Signals(signum).name}'
+    return (f'{prog}: {what} after {done} of {total} runs; run the same command again to resume (finished runs '
+            f'in {out / "runs"} are reused)')
+
+
 def sweep(s: dict, prog: str, started: float) -> int:
-    """Run the sweep of settings ``s`` (``command.resolve``); returns the exit status."""
+    """Run the sweep of settings ``s`` (``command.resolve``); returns the exit status.
+
+    Returns:
+        0 done, 1 some runs failed, 128 + signal when stopped by SIGINT/SIGTERM (:mod:`.signals`).
+
+    Raises:
+        InputError: ``--metric`` names a metric that the finished runs do not report (checked on
+            the runs already finished, then on the first finished evaluation, before any output
+            is written).
+    """
     from ..benchmark.common import environment
 
     out = Path(s['work_dir'])
@@ -73,53 +103,66 @@ def sweep(s: dict, prog: str, started: float) -> int:
         held = WorkDirLock(out, prog).acquire()  # one sweep per work dir, as search and train
     except InputError as err:
         return fail(prog, err)
-    costs = s.pop('costs')
-    resolve_config(s, out)
-    priced = pricer(costs)  # the costs train_result.json does not hold (bitfusion), from the profile
-    import torch
+    jobs, scheduler = [], None
+    with SweepStop() as stop:
+        try:
+            costs = s.pop('costs')
+            resolve_config(s, out)
+            priced = pricer(costs)  # the costs train_result.json does not hold (bitfusion), from the profile
+            import torch
 
-    env = environment('cuda' if torch.cuda.is_available() else 'cpu')
-    jobs = plan.build(s)
-    from ssps_nni.files import atomic_write
+            env = environment('cuda' if torch.cuda.is_available() else 'cpu')
+            jobs = plan.build(s)
+            frontier.check_metric(cached(jobs, out), s.get('metric'))  # a rerun: refused before any output
+            from ssps_nni.files import atomic_write
 
-    atomic_write(out / 'sweep.json', json.dumps(s, indent=2, default=str) + '\n')
-    console = sys.stdout
+            atomic_write(out / 'sweep.json', json.dumps(s, indent=2, default=str) + '\n')
+            console = sys.stdout
 
-    def say(line: str) -> None:
-        print(line, file=console, flush=True)
+            def say(line: str) -> None:
+                print(line, file=console, flush=True)
 
-    say(f'{prog}: {len(jobs)} runs in {out}: {len(s["budgets"])} budget(s) '
-        f'({", ".join(b["label"] for b in s["budgets"])}) x {", ".join(s["methods"])}, {len(s["uniform"])} uniform '
-        f'points ({", ".join(s["uniform"])}) + W8A8 and FP32, {len(s["seeds"])} paired seed(s), '
-        f'retraining {s["retrain"]["epochs"]} epoch(s), {s["jobs"]} at a time; finished runs are reused')
-    state = {'metric': None}
+            say(f'{prog}: {len(jobs)} runs in {out}: {len(s["budgets"])} budget(s) '
+                f'({", ".join(b["label"] for b in s["budgets"])}) x {", ".join(s["methods"])}, {len(s["uniform"])} '
+                f'uniform points ({", ".join(s["uniform"])}) + W8A8 and FP32, {len(s["seeds"])} paired seed(s), '
+                f'retraining {s["retrain"]["epochs"]} epoch(s), {s["jobs"]} at a time; finished runs are reused')
+            state = {'metric': None}
 
-    def metric_of(result):
-        if state['metric'] is None:
-            state['metric'] = frontier.pick_metric({'r': result}, s.get('metric'))
-        return state['metric']
+            def metric_of(result):
+                if state['metric'] is None:
+                    state['metric'] = frontier.pick_metric({'r': result}, s.get('metric'))
+                return state['metric']
 
-    def write(results: dict, final: bool = False) -> dict:
-        data = frontier.build(s, results, len(jobs), priced, env)
-        frontier.write(out / 'frontier.json', data)
-        atomic_write(out / 'frontier.md', report.markdown(data) + '\n')
-        if final:
-            plots.frontier_png(data, out / 'frontier.png')
-            if data.get('sensitivity_scores'):
-                plots.sensitivity_png(data['sensitivity_scores'], out / 'sensitivity.png')
-        return data
+            def write(results: dict, final: bool = False) -> dict:
+                frontier.check_metric(results, s.get('metric'))  # before anything is (over)written
+                data = frontier.build(s, results, len(jobs), priced, env)
+                frontier.write(out / 'frontier.json', data)
+                atomic_write(out / 'frontier.md', report.markdown(data) + '\n')
+                if final:
+                    plots.frontier_png(data, out / 'frontier.png')
+                    if data.get('sensitivity_scores'):
+                        plots.sensitivity_png(data['sensitivity_scores'], out / 'sensitivity.png')
+                return data
 
-    scheduler = Scheduler(jobs, out, s['jobs'], say, finished=write, describe=describe(metric_of))
-    try:
-        results = scheduler.run()
-    except KeyboardInterrupt:
-        write(scheduler.results, final=True)
-        print(f'{prog}: interrupted after {len(scheduler.results)} of {len(jobs)} runs; run the same command again '
-              f'to resume (finished runs in {out / "runs"} are reused)', file=sys.stderr)
-        return 130
-    finally:
-        held.release()
-    data = write(results, final=True)
+            scheduler = Scheduler(jobs, out, s['jobs'], say, finished=write, describe=describe(metric_of), stop=stop)
+            results = scheduler.run()
+            data = write(results, final=True)
+        except BaseException as err:  # noqa: BLE001  (a stop request makes any exception the interruption)
+            signum = stop.poll()
+            if signum is None and isinstance(err, KeyboardInterrupt):
+                signum = getattr(err, 'signum', signal.SIGINT)
+            if signum is None:
+                raise
+            if scheduler is not None:
+                try:
+                    write(scheduler.results, final=True)
+                except (KeyboardInterrupt, InputError):  # a second signal: no plots; a bad --metric: nothing
+                    pass
+            print(stopped_line(prog, signum, len(scheduler.results) if scheduler else 0, len(jobs), out),
+                  file=sys.stderr)
+            return 128 + signum
+        finally:
+            held.release()
     say('')
     for p in data['points']:
         v = p.get('vs_uniform') or {}

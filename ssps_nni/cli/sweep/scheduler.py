@@ -6,7 +6,11 @@ a run pays no start-up). A job starts when the jobs it depends on have finished;
 ones the first in plan order goes first. After every finished run one progress line is printed:
 runs done of all, time so far and the estimated time left (the mean time of the finished runs of
 each kind, this sweep's earlier calls included, over the open runs, divided by the jobs).
-A failed run is reported and its dependants skipped; the others go on.
+A failed run is reported and its dependants skipped; the others go on. A stop requested by a
+signal (``stop``, :class:`~ssps_nni.cli.sweep.signals.SweepStop`) ends the loop between runs and
+while it waits for workers: :class:`ssps_nni.cli.stop.Interrupted` is raised, the workers are
+terminated, and a run that ended after the signal (in any exception) counts as interrupted, not
+as failed.
 """
 from __future__ import annotations
 
@@ -18,8 +22,10 @@ import time
 from pathlib import Path
 
 from ..benchmark.runs import RunCache
+from ..stop import Interrupted
 from .jobs import execute, init_worker
 from .plan import Alias
+from .signals import NoStop, RunInterrupted
 
 
 #: Kinds of run of similar length, for the ETA before a kind has a finished run (``policy:<method>``
@@ -47,9 +53,16 @@ class Scheduler:
         workers: parallel runs. print_line: where progress lines go.
         finished: ``finished(results)`` after every finished or reused run (e.g. rewrite the frontier).
         describe: ``describe(job, result) -> str``: the end of a job's progress line.
+        stop: what says a signal asks the sweep to stop (``poll()``, ``request(signum)``;
+            default: never).
     """
 
-    def __init__(self, jobs, out: Path, workers: int, print_line, finished=None, describe=None):
+    #: Seconds between two looks at ``stop`` while waiting for workers.
+    POLL_S = 0.5
+    #: Seconds the workers get to end on SIGTERM before they are killed.
+    TERMINATE_S = 3.0
+
+    def __init__(self, jobs, out: Path, workers: int, print_line, finished=None, describe=None, stop=None):
         self.jobs = {j.name: j for j in jobs}
         self.order = [j.name for j in jobs]
         self.out = Path(out)
@@ -63,6 +76,7 @@ class Scheduler:
         self.ran = self.reused = 0
         self.start = time.perf_counter()
         self.running: dict[str, float] = {}
+        self.stop = stop or NoStop()
 
     # -- estimates ---------------------------------------------------------------------------
 
@@ -145,10 +159,13 @@ class Scheduler:
         if self.workers == 1:  # in this process
             try:
                 result = execute(str(self.out), job.name, made.settings, made.run, made.kwargs)
-            except KeyboardInterrupt:
-                raise
+            except RunInterrupted as err:
+                self.running.pop(job.name, None)
+                self.stop.request(err.signum)
+                raise Interrupted(err.signum) from None
             except Exception as err:  # noqa: BLE001
                 self.running.pop(job.name, None)
+                self._check_stop()  # whatever a run raises once a stop is requested: the interruption
                 self._fail(job.name, str(err))
                 return True
             self.running.pop(job.name, None)
@@ -177,6 +194,7 @@ class Scheduler:
                 while progressed:  # start what can start, first in plan order first
                     progressed = False
                     for name in list(pending):
+                        self._check_stop()
                         job = self.jobs[name]
                         if name in self.failed or name in self.results:
                             pending.remove(name)
@@ -192,18 +210,31 @@ class Scheduler:
                         if name not in self.failed and name not in self.results:
                             self._fail(name, 'a run it needs did not finish')
                     break
-                done, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
-                for fut in done:
+                done, _ = cf.wait(futures, timeout=self.POLL_S, return_when=cf.FIRST_COMPLETED)
+                for fut in done:  # the finished ones first (kept), then a requested stop
                     job = futures.pop(fut)
                     self.running.pop(job.name, None)
                     try:
-                        self._record(job, fut.result(), False)
+                        result = fut.result()
+                    except RunInterrupted as err:  # a signal reached the worker: the sweep stops
+                        self.stop.request(err.signum)
+                        continue
                     except Exception as err:  # noqa: BLE001
-                        self._fail(job.name, str(err))
+                        if self.stop.poll() is None:  # after a stop request: cancelled, not failed
+                            self._fail(job.name, str(err))
+                        continue
+                    self._record(job, result, False)
+                self._check_stop()
         finally:
             if pool_holder:
                 self._stop(pool_holder[0], futures)
         return self.results
+
+    def _check_stop(self) -> None:
+        """Raise :class:`~ssps_nni.cli.stop.Interrupted` when a signal asked the sweep to stop."""
+        signum = self.stop.poll()
+        if signum is not None:
+            raise Interrupted(signum)
 
     def _pool(self):
         threads = max(1, (os.cpu_count() or 1) // self.workers)
@@ -220,5 +251,9 @@ class Scheduler:
         for proc in processes:
             if proc.is_alive():
                 proc.terminate()
+        deadline = time.monotonic() + Scheduler.TERMINATE_S
         for proc in processes:
-            proc.join(timeout=10)
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():  # (a stopped run is run again from its start: nothing of it to save)
+                proc.kill()
+                proc.join(timeout=5)
