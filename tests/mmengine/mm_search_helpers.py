@@ -1,9 +1,14 @@
 """Helpers of the mmengine driver tests (imported by ``conftest.py`` and the test files)."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 #: subcommands of the ``ssps`` console command
@@ -22,6 +27,19 @@ def run_tool(command: str, *args, timeout: float = 300) -> subprocess.CompletedP
     """Run ``ssps COMMAND`` (``python -m ssps_nni.cli``) in a fresh interpreter from the repository root."""
     return subprocess.run([sys.executable, '-m', 'ssps_nni.cli', command, *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 120.0) -> None:
+    """Poll ``ready()`` every 20 ms until it holds; fail if ``proc`` ends first or the wait times out
+    (then ``proc``'s process group is killed: the tools run with ``start_new_session=True``)."""
+    end = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f'ssps {proc.args[2]} ended (status {proc.returncode}) before {what}')
+        if time.monotonic() > end:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f'timed out waiting for {what}')
+        time.sleep(0.02)
 
 
 def metrics_recorder():

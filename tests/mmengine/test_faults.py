@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ pytest.importorskip('mmpretrain')
 
 from ssps_nni.policy import PARTIAL_POLICY_JSON, POLICY_JSON, load_policy  # noqa: E402
 
-from mm_search_helpers import ROOT, run_search_tool  # noqa: E402
+from mm_search_helpers import ROOT, run_search_tool, wait_for  # noqa: E402
 
 HELPER = Path(__file__).with_name('fault_helpers.py')
 EPOCHS = ('--cfg-options', 'train_cfg.max_epochs=2')  # as full_run
@@ -45,18 +44,6 @@ def start_search(tiny_config, work_dir: Path, pause: str | None = None) -> subpr
                              *EPOCHS], cwd=ROOT, env=env, start_new_session=True,
                             stdout=open(work_dir.parent / f'{work_dir.name}.out', 'w'),
                             stderr=open(work_dir.parent / f'{work_dir.name}.err', 'w'))
-
-
-def wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 120.0) -> None:
-    """Poll ``ready()`` every 20 ms until it holds; fail if the search ends first or times out."""
-    end = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            pytest.fail(f'the search ended (status {proc.returncode}) before {what}')
-        if time.monotonic() > end:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f'timed out waiting for {what}')
-        time.sleep(0.02)
 
 
 def kill(proc: subprocess.Popen, sig=signal.SIGKILL, timeout: float = 60.0) -> int:

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ import torch
 
 pytest.importorskip('mmpretrain')
 
-from mm_search_helpers import ROOT, run_tool  # noqa: E402
+from mm_search_helpers import ROOT, run_tool, wait_for  # noqa: E402
 
 HELPER = Path(__file__).with_name('fault_helpers.py')
 MODE = ('--uniform', 'W4A4')
@@ -40,17 +39,6 @@ def start_train(tiny_config, work_dir: Path) -> subprocess.Popen:
                              str(work_dir)], cwd=ROOT, env=env, start_new_session=True,
                             stdout=open(work_dir.parent / f'{work_dir.name}.out', 'w'),
                             stderr=open(work_dir.parent / f'{work_dir.name}.err', 'w'))
-
-
-def wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 120.0) -> None:
-    end = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            pytest.fail(f'ssps train ended (status {proc.returncode}) before {what}')
-        if time.monotonic() > end:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f'timed out waiting for {what}')
-        time.sleep(0.02)
 
 
 def state(path: Path) -> dict:
