@@ -173,3 +173,19 @@ def test_unwritable_work_dir_and_missing_gpu_are_refused_before_any_run(tmp_path
         err = capsys.readouterr().err
         assert status == 2 and err.startswith('ssps sweep: error: ') and message in err, err
     assert not (tmp_path / 'w').exists()
+
+
+def test_frontier_labels_of_coinciding_points_are_joined():
+    """Uniform points a few pixels apart (same cost, close accuracy) share one label; others keep theirs."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    from ssps_nni.cli.sweep.plots import label_points
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([0.1, 0.9], [0, 100], 'o')
+    label_points(ax, [('W3A4', 0.5, 65.3), ('W4A3', 0.5, 65.0), ('W2A8', 0.5, 20.0), ('W8A2', 0.8, 65.0)])
+    texts = sorted(t.get_text() for t in ax.texts)
+    plt.close(fig)
+    assert texts == ['W2A8', 'W3A4/W4A3', 'W8A2']

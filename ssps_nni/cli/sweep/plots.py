@@ -10,6 +10,23 @@ COLORS = {'ssps': 'tab:red', 'sensitivity': 'tab:blue', 'random': 'tab:green'}
 MARKERS = {'ssps': 'o', 'sensitivity': 's', 'random': '^'}
 
 
+def label_points(ax, labels) -> None:
+    """Each ``(name, x, y)`` labelled next to its point, once the axes' limits are final; points
+    within a few pixels of each other (e.g. W3A4 and W4A3: same cost, close means) share one label
+    ``'W3A4/W4A3'`` instead of printing over each other."""
+    ax.get_ylim()  # autoscale now: data -> pixels is final
+    groups = []  # [pixel (x, y), names, data (x, y)]
+    for name, x, y in labels:
+        px, py = ax.transData.transform((x, y))
+        near = next((g for g in groups if abs(g[0][0] - px) < 14 and abs(g[0][1] - py) < 7), None)
+        if near:
+            near[1].append(name)
+        else:
+            groups.append([(px, py), [name], (x, y)])
+    for _, names, xy in groups:
+        ax.annotate('/'.join(names), xy, fontsize=6, color='0.35', xytext=(3, -8), textcoords='offset points')
+
+
 def frontier_png(f: dict, path: Path) -> Path:
     """Metric against cost, one panel per cost model of the budgets.
 
@@ -34,9 +51,7 @@ def frontier_png(f: dict, path: Path) -> Path:
             xs += [xi for u, xi in zip(uni, x) if not u.get('reference')]
             ax.errorbar(x, [u['mean'] for u in uni], yerr=[u['sem'] or 0 for u in uni], fmt='o', color='0.55',
                         ms=4, capsize=2, label='uniform WxAy', zorder=2)
-            for u, xi in zip(uni, x):
-                ax.annotate(u['name'], (xi, u['mean']), fontsize=6, color='0.35', xytext=(3, -8),
-                            textcoords='offset points')
+            labels = [(u['name'], xi, u['mean']) for u, xi in zip(uni, x)]
             line = sorted((u for u in uni if (u.get('on_line') or {}).get(cost)), key=lambda u: u['costs'][cost])
             ax.plot([u['costs'][cost] / scale for u in line], [u['mean'] for u in line], '-', color='0.3', lw=1.2,
                     label='uniform line', zorder=1)
@@ -65,6 +80,8 @@ def frontier_png(f: dict, path: Path) -> Path:
             else:
                 pad = 0.06 * (high - low) or 0.05 * high
                 ax.set_xlim(low - pad, high + pad)
+        if uni:
+            label_points(ax, labels)
         ax.set_xlabel(unit)
         ax.set_ylabel(metric)
         ax.set_title(f'{metric} vs {cost} ({len(f["seeds"])} paired seed(s))', fontsize=10)
