@@ -22,6 +22,7 @@ properties computed from the fields. ``from ssps_nni.search import SearchConfig`
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Callable, Mapping
@@ -233,6 +234,18 @@ class SearchConfig:
             raise ValueError(f"logits_lr must be > 0 or None (follow the search length), got {self.logits_lr}")
         if not float(self.logits_move) > 0:
             raise ValueError(f"logits_move must be > 0, got {self.logits_move}")
+        if not 0 < float(self.tau_min) <= float(self.tau_max):  # the sampler's rule (§3), checked now
+            raise ValueError(f"need 0 < tau_min <= tau_max, got tau_min={self.tau_min}, tau_max={self.tau_max}")
+        try:
+            operator.index(self.seed)  # an int (numpy's too); a float or text would fail in the sampler
+        except TypeError:
+            raise ValueError(f"seed must be an integer, got {self.seed!r}") from None
+        for name in ("include", "exclude"):
+            patterns = getattr(self, name)
+            if not (patterns is None or isinstance(patterns, str)
+                    or (isinstance(patterns, (list, tuple, set, frozenset)) and all(isinstance(p, str) for p in patterns))):
+                raise ValueError(f"{name} must be a layer-name pattern or a list of them (e.g. ['backbone.*']), "
+                                 f"got {patterns!r}")
         check_cost_options(self.cost_options)
         unknown = sorted(set(self.cost_options) - {b.cost for b in self.budgets})
         if unknown:

@@ -87,7 +87,23 @@ class _CfgOptions(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         from mmengine.config import DictAction
 
+        bad = [v for v in values if '=' not in v]
+        if bad:  # DictAction would raise a ValueError (a traceback, exit 1)
+            parser.error(f'argument --cfg-options: {bad[0]!r} is not KEY=VALUE, e.g. train_cfg.max_epochs=2')
         DictAction(self.option_strings, self.dest)(parser, namespace, values, option_string)
+
+
+def merge_cfg_options(cfg, options) -> None:
+    """``cfg.merge_from_dict(options)`` (``--cfg-options``); what mmengine refuses becomes one input error.
+
+    Raises:
+        InputError: a key mmengine cannot merge, e.g. a list index past the list's end.
+    """
+    try:
+        cfg.merge_from_dict(options)
+    except (KeyError, TypeError, ValueError) as err:
+        text = err.args[0] if isinstance(err, KeyError) and err.args else err
+        raise InputError(f'--cfg-options: {text}') from None
 
 
 # -- the shared argument vocabulary ----------------------------------------------------------------

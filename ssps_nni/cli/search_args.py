@@ -11,7 +11,7 @@ import argparse
 from .common import (CANDIDATE_FORM, DEFAULT_CONFIG_NAME, InputError, add_budget, add_candidates, add_cfg_options,
                      add_config, add_device_amp, add_load_from, add_seed, add_ssps_imports, add_work_dir, apply_amp,
                      check_data_paths, check_load_from, check_output_dir, config_path, default_work_dir,
-                     select_device, work_dir_room)
+                     merge_cfg_options, select_device, work_dir_room)
 from .hook_config import ssps_hook_cfg
 from .methods import add_score_options, check_score_options
 from .train_loop import use_stopping_loop
@@ -92,7 +92,7 @@ def split_candidates(text: str) -> tuple[int, ...]:
 def apply_args(cfg, args) -> None:
     """Put the command-line options into ``cfg`` (CLI > config)."""
     if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+        merge_cfg_options(cfg, args.cfg_options)
     apply_amp(cfg, args)
     add_ssps_imports(cfg)
     use_stopping_loop(cfg)  # the search ends right after its last decision, not at the epoch's end

@@ -40,7 +40,7 @@ from ..errors import SSPSError
 from .common import (DEFAULT_CONFIG_NAME, InputError, add_cfg_options, add_config, add_device_amp, apply_amp,
                      select_device, add_load_from, add_seed, add_ssps_imports, add_work_dir, check_data_paths,
                      check_load_from, check_output_dir, config_path, default_work_dir, fail, read_policy,
-                     work_dir_room)
+                     merge_cfg_options, work_dir_room)
 from .lock import work_dir_lock
 from .hook_config import SSPS_TYPES
 from .search_start import continue_from_search, policy_file
@@ -117,7 +117,7 @@ def build_config(args):
     args.config = config_path(args.config)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+        merge_cfg_options(cfg, args.cfg_options)
     apply_amp(cfg, args)
     add_ssps_imports(cfg)
     quant_hook_cfg(cfg, args)

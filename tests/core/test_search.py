@@ -176,6 +176,22 @@ def test_bad_options_are_refused_before_training(options, error, match):
         SSPSSearch(HandNet(), {"budget": "bitops=W4A4", **options})
 
 
+@pytest.mark.parametrize("options, match", [
+    (dict(seed="abc"), "seed must be an integer"),
+    (dict(seed=1.5), "seed must be an integer"),
+    (dict(tau_min=-1.0), r"0 < tau_min <= tau_max"),
+    (dict(tau_max=0.1, tau_min=5.0), r"0 < tau_min <= tau_max"),
+    (dict(include=5), "include must be a layer-name pattern"),
+    (dict(exclude=["conv1", 3]), "exclude must be a layer-name pattern"),
+])
+def test_search_config_checks_seed_temperature_and_patterns_at_construction(options, match):
+    # refused by the config itself (so the command line answers with one error line, exit 2),
+    # not later by the sampler or the layer selection as a traceback
+    with pytest.raises(ValueError, match=match):
+        SearchConfig(**options)
+    assert SearchConfig(seed=torch.tensor(3).item(), include="conv*", exclude=("head.*",)).seed == 3
+
+
 def test_bad_models_and_budgets():
     with pytest.raises(NoQuantizableLayersError):
         SSPSSearch(nn.Sequential(nn.ReLU()), SearchConfig())
