@@ -346,6 +346,8 @@ def parse_budget(text: str) -> Budget:
         raise BudgetError(f"unknown suffix {unit!r} in budget {text!r}; accepted: K, M, G, T or none")
     if not number > 0:
         raise BudgetError(f"budget {text!r} must be positive")
+    if not math.isfinite(number):  # 1e400 reads as inf: no policy's cost, and policy.json would hold Infinity
+        raise BudgetError(f"budget {text!r} is too large to be a number (it reads as infinity)")
     return Budget(cost, text, value=number)
 
 

@@ -171,11 +171,14 @@ def record_constraints(record: dict, config):
     return build_constraints(config, profiles, searched, pinned, config.candidates, config.activation_candidates)
 
 
-def check(record: dict, config) -> None:
+def check(record: dict, config) -> list[str]:
     """The hook's budget check (``ssps_nni.decider.check_reachable``) on a profile record.
 
     Args:
         record, config: as :func:`record_constraints`.
+
+    Returns:
+        A note per budget at or above its all-maximum policy's cost: it constrains nothing.
 
     Raises:
         InputError: a budget below the cheapest policy (the core's message).
@@ -194,9 +197,18 @@ def check(record: dict, config) -> None:
         check_reachable(built.constraints, masks_w, masks_a)
     except BudgetError as err:
         raise InputError(str(err)) from None
+    notes = []
+    for budget in config.budgets:
+        cost, target = built.costs[budget.cost], built.targets[budget.cost]
+        top = cost.references().get('max')
+        if top is not None and target >= top:
+            fmt = cost.model.format
+            notes.append(f'budget {budget.spec} (target {fmt(target)}) is at or above the cost of the largest '
+                         f'candidates everywhere ({fmt(top)}): it constrains nothing')
+    return notes
 
 
-def check_budget_reachable(cfg, config=None) -> None:
+def check_budget_reachable(cfg, config=None, warn=None) -> None:
     """Refuse an unreachable budget before the runner, with the hook's own check (docs/algorithm.md §4).
 
     The layer profile comes from the cache (torch only), or is measured as
@@ -206,6 +218,7 @@ def check_budget_reachable(cfg, config=None) -> None:
     Args:
         config: the config's :func:`~ssps_nni.cli.hook_config.search_config` (built here when
             None); its parsed budgets are the ones checked.
+        warn: ``warn(text)`` for a budget that constrains nothing (:func:`check`); None: silent.
 
     Raises:
         InputError: a budget below the cheapest policy (with the reachable range), or an SSPS
@@ -219,9 +232,11 @@ def check_budget_reachable(cfg, config=None) -> None:
         record = measure_profile(cfg, build_hook(cfg, config), key)
         write_profile(record)
     try:
-        check(record, config)
+        notes = check(record, config)
     except (SSPSError, ValueError, TypeError) as err:
         raise invalid_option(err) from err
+    for note in notes if warn is not None else ():
+        warn(note)
 
 
 def main(argv=None) -> int:

@@ -133,7 +133,7 @@ def main(argv=None, prog: str = PROG) -> int:
         config = search_config(cfg)
         check_inputs(cfg)
         check_resume(cfg, args, warn=lambda text: print(f'{prog}: warning: {text}', file=sys.stderr))
-        check_budget_reachable(cfg, config)
+        check_budget_reachable(cfg, config, warn=lambda text: print(f'{prog}: warning: {text}', file=sys.stderr))
         build_hook(cfg, config)  # the hook's own options (calib_batches, ...), checked before the runner
         from ssps_nni.driver_config import shared
 

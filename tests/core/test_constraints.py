@@ -69,6 +69,15 @@ def test_early_check_refuses_what_the_search_refuses():
         cost_check.check(record_of(search), dataclasses.replace(search.config, budget='bitops=1'))
 
 
+def test_early_check_notes_a_budget_that_constrains_nothing():
+    """A budget at or above the all-maximum policy's cost is reachable but says nothing: a note, not an error."""
+    search = prepared()
+    assert cost_check.check(record_of(search), search.config) == []
+    top = search.costs['bitops'].references()['max']
+    notes = cost_check.check(record_of(search), dataclasses.replace(search.config, budget=f'bitops={top * 2:.6g}'))
+    assert len(notes) == 1 and 'constrains nothing' in notes[0] and notes[0].startswith(f'budget bitops={top * 2:.6g} ')
+
+
 def test_search_config_is_immutable_and_parsed_once(monkeypatch):
     calls = []
     parse = cost_module.parse_budget

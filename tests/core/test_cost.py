@@ -232,6 +232,8 @@ def test_parse_budget_forms(text, expected):
     ("bitops=1.2X", "unknown suffix 'X'"),
     ("bitops=1.2GB", "unknown suffix 'GB'"),
     ("bitops=0", "must be positive"),
+    ("bitops=1e400", "reads as infinity"),
+    ("size=1e400MB", "reads as infinity"),
     ("size=1.5", "needs a unit"),
     ("size=3G", "needs a unit"),
     ("bitops=W0A4", "budget 'bitops=W0A4'"),
