@@ -103,12 +103,13 @@ def driver_config(options: Mapping) -> SearchConfig:
     if found is not None:
         return found
     fields, (total, warmup, interval) = hook_fields(options)
+    SearchConfig.check_keys(fields, also=HOOK_OPTIONS)  # the message names the hook's own options too
     return SearchConfig.from_options(fields, total, warmup, interval)  # the budget is parsed here
 
 
 def config_or_options(who: str, config: SearchConfig | None, options: Mapping, given: list,
                       total_steps: int | None = None, warmup_steps: int | float = 0,
-                      interval: int | float = 1) -> SearchConfig:
+                      interval: int | float = 1, own: tuple = HOOK_OPTIONS) -> SearchConfig:
     """A driver's config: ``config`` with this schedule, or :func:`driver_config` of ``options``.
 
     Args:
@@ -116,6 +117,7 @@ def config_or_options(who: str, config: SearchConfig | None, options: Mapping, g
         config: a :class:`SearchConfig`, or None to build one from ``options``.
         options: the ``SearchConfig`` fields the driver was given (its defaults filled in).
         given: the names of the fields given explicitly besides ``config`` (refused with it).
+        own: the driver's own options, named with the accepted ones in an unknown-option message.
         total_steps, warmup_steps, interval: the schedule (:meth:`SearchConfig.with_schedule`);
             ``total_steps`` None: :data:`PLACEHOLDER_STEPS` until the driver knows the length.
 
@@ -125,12 +127,12 @@ def config_or_options(who: str, config: SearchConfig | None, options: Mapping, g
     """
     schedule = dict(total_steps=total_steps, warmup_steps=warmup_steps, interval=interval)
     if config is None:
-        SearchConfig.check_keys(options)  # driver_config would drop a hook option given as a field
+        SearchConfig.check_keys(options, also=own)  # driver_config would drop a hook option given as a field
         return driver_config(dict(options, **schedule))
     if not isinstance(config, SearchConfig):
         raise ConfigTypeError(f'{who} config must be a SearchConfig, got {type(config).__name__}; '
                               'in a config file give its fields as keyword arguments instead')
-    SearchConfig.check_keys({k: None for k in given})
+    SearchConfig.check_keys({k: None for k in given}, also=own)
     if given:
         raise SSPSError(f'{who} takes config= or SearchConfig options, not both (got config= and {list(given)})')
-    return config.with_schedule(PLACEHOLDER_STEPS if total_steps is None else int(total_steps), warmup_steps, interval)
+    return config.with_schedule(PLACEHOLDER_STEPS if total_steps is None else total_steps, warmup_steps, interval)

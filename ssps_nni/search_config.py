@@ -42,11 +42,23 @@ CALIBRATIONS = ("none", "measured", "adapted")
 PLACEHOLDER_STEPS = 10**6
 
 
-def resolve_steps(value, total: int, least: int = 0) -> int:
-    """A step count, or a float in (0, 1) read as that fraction of ``total`` steps (at least ``least``)."""
+def step_count(value, name: str) -> int:
+    """``int(value)``; raises ValueError naming the option ``name`` for what is no number (e.g. ``'abc'``)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a whole number of optimizer steps, got {value!r}") from None
+
+
+def resolve_steps(value, total: int, least: int = 0, name: str = "steps") -> int:
+    """A step count, or a float in (0, 1) read as that fraction of ``total`` steps (at least ``least``).
+
+    Raises:
+        ValueError: ``value`` is no number (the message names the option ``name``).
+    """
     if isinstance(value, float) and 0 < value < 1:
         return max(int(round(value * total)), least)
-    return int(value)
+    return step_count(value, name)
 
 
 #: What ``cost_options`` holds, for the messages.
@@ -289,22 +301,26 @@ class SearchConfig:
         Raises:
             ValueError: a schedule the decider refuses (§6).
         """
-        total = int(total_steps)
-        return replace(self, total_steps=total, warmup_steps=resolve_steps(warmup_steps, total),
-                       interval=resolve_steps(interval, total, least=1))
+        total = step_count(total_steps, "total_steps")
+        return replace(self, total_steps=total, warmup_steps=resolve_steps(warmup_steps, total, name="warmup_steps"),
+                       interval=resolve_steps(interval, total, least=1, name="interval"))
 
     @classmethod
-    def check_keys(cls, options: Mapping) -> None:
+    def check_keys(cls, options: Mapping, also: tuple = ()) -> None:
         """Refuse keys that are no field of this class.
+
+        Args:
+            also: a driver's own options (e.g. the hook's ``calib_batches``), named among the accepted.
 
         Raises:
             ValueError: the unknown keys and the accepted ones (the options a user gives: every
-                field but ``budgets``, the parsed ``budget``).
+                field but ``budgets``, the parsed ``budget``, and ``also``).
         """
         known = {f.name for f in fields(cls)}
         bad = sorted(set(options) - known)
         if bad:
-            raise ValueError(f"unknown SSPS option(s) {bad}; accepted: {', '.join(sorted(known - {'budgets'}))}")
+            accepted = sorted((known - {'budgets'}) | set(also))
+            raise ValueError(f"unknown SSPS option(s) {bad}; accepted: {', '.join(accepted)}")
 
     @classmethod
     def from_options(cls, options: Mapping, total_steps: int | None = None, warmup_steps: int | float = 0,
@@ -320,9 +336,10 @@ class SearchConfig:
         Raises:
             as the constructor; ValueError for an unknown option.
         """
-        total = PLACEHOLDER_STEPS if total_steps is None else int(total_steps)
-        return cls.from_dict(dict(options, total_steps=total, warmup_steps=resolve_steps(warmup_steps, total),
-                                  interval=resolve_steps(interval, total, least=1)))
+        total = PLACEHOLDER_STEPS if total_steps is None else step_count(total_steps, "total_steps")
+        return cls.from_dict(dict(options, total_steps=total,
+                                  warmup_steps=resolve_steps(warmup_steps, total, name="warmup_steps"),
+                                  interval=resolve_steps(interval, total, least=1, name="interval")))
 
     @classmethod
     def from_dict(cls, options: Mapping) -> "SearchConfig":

@@ -39,6 +39,9 @@ from .space import QuantizationSpace
 from .supermodule import QuantSuperNetModule
 
 SCHEDULE_FIELDS = SCHEDULE_OPTIONS
+#: ``SSPS``'s own keyword arguments (no SearchConfig field), named in an unknown-option message.
+STRATEGY_OPTIONS = ("config", "unit", "total", "warmup", "interval", "bilevel", "input_fn", "gradient_clip_val",
+                    "log_every_n_steps", "mutation_hooks")
 #: SearchConfig fields that the NNI space decides (``quantization_space``), not SSPS's options.
 SPACE_FIELDS = frozenset({"candidates", "a_candidates", "include", "exclude", "pinned", "pinned_bits"})
 #: Their defaults as a constructed ``SearchConfig`` holds them (candidates sorted).
@@ -93,7 +96,7 @@ class SSPS(OneShotStrategy):
             raise SSPSError(f"{bad} are set by the space or by total/warmup/interval, not by SSPS options")
         given = sorted(options) + (["budget"] if budget is not DEFAULT_BUDGET else [])
         # the search length is the trainer's, known in mutate_evaluator (with_schedule there)
-        checked = config_or_options("SSPS", config, dict(options, budget=budget), given)
+        checked = config_or_options("SSPS", config, dict(options, budget=budget), given, own=STRATEGY_OPTIONS)
         if config is not None:
             set_by_space = sorted(f for f in SPACE_FIELDS if getattr(config, f) != SPACE_DEFAULTS[f])
             if set_by_space:

@@ -183,6 +183,8 @@ CASES = {
                                'give a path to an mmengine config'),
     'search: misspelt hook option': ('search', lambda i: ['--cfg-options', 'custom_hooks.0.warmup_stepz=3'],
                                      "unknown SSPS option(s) ['warmup_stepz']", 'accepted: a_candidates'),
+    'search: hook step count not a number': ('search', lambda i: ['--cfg-options', 'custom_hooks.0.total_steps=abc'],
+                                             "total_steps must be a whole number of optimizer steps", "got 'abc'"),
     'search: archive missing': ('search', lambda i: ['--cfg-options',
                                                      'train_dataloader.dataset.archive=/no/such/subset.tar.gz'],
                                 "'/no/such/subset.tar.gz' does not exist", '--cfg-options train_dataloader'),

@@ -133,6 +133,21 @@ def test_strategy_and_hook_share_the_config_or_options_rule():
         SSPS(calib_batches=2)
 
 
+def test_unknown_option_messages_name_the_drivers_own_options():
+    """The accepted list of a misspelt option names the driver's own keyword arguments too."""
+    from ssps_nni.cli.hook_config import search_config
+    from ssps_nni.nni import SSPS
+
+    with pytest.raises(ValueError, match=r"\['budgte'\]; accepted: .*calib_batches.*plot_interval_s"):
+        SSPSHook(budgte='size=1MB')
+    with pytest.raises(ValueError, match=r"\['nope'\]; accepted: .*log_every_n_steps"):
+        SSPS(nope=1)
+    cfg = SimpleNamespace(get=lambda key, default=None: [dict(type='SSPSHook', warmup_stepz=3)]
+                          if key == 'custom_hooks' else default)
+    with pytest.raises(Exception, match=r"\['warmup_stepz'\]; accepted: .*calib_batch_size"):
+        search_config(cfg)
+
+
 def test_strategy_refuses_layer_fields_in_a_config():
     pytest.importorskip('nni')
     from ssps_nni.errors import SSPSError
