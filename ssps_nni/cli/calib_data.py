@@ -271,10 +271,12 @@ def calibration_data(args, model, shape: tuple[int, ...] | None, count: int, war
             if shape is None and args.config:  # the config's data is the model's input: the tensor must fit it
                 expected = config_shape(args.config, model)
                 if tuple(data_shape[1:]) != tuple(expected[1:]):
+                    # --input-shape only where the channels fit the model (check_model_input refuses others)
+                    other = (f', or --input-shape {_dims(data_shape).replace("x", ",")} to export at the tensor\'s '
+                             'shape' if data_shape[1] == expected[1] else '')
                     raise InputError(f'--calib-data {path} holds inputs of {_dims(data_shape[1:])} but the training '
                                      f'data of --config {args.config} gives inputs of {_dims(expected[1:])}; give '
-                                     f'inputs of that shape, or --input-shape {_dims(data_shape).replace("x", ",")} '
-                                     'to export at the tensor\'s shape')
+                                     f'inputs of that shape{other}')
             return batches, data_shape, what
         what = 'does not exist' if not path.exists() else 'is neither a folder nor a .pt/.pth/.npy file'
         raise InputError(f'--calib-data {path} {what}; accepted: {DATA_FORM}')

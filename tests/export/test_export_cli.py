@@ -178,3 +178,7 @@ def test_config_export_calibrates_at_the_config_datas_shape(tmp_path, capsys):
     assert "holds inputs of 3x32x32 but the training data of --config" in err and "gives inputs of 3x40x40" in err
     assert not (tmp_path / "t.onnx").exists()
     assert export.main([*tensor, "--output", str(tmp_path / "t.onnx"), "--input-shape", "1,3,32,32"]) == 0
+    torch.save(torch.randn(4, 1, 40, 40), tmp_path / "grey.pt")  # other channels: --input-shape would not help
+    assert export.main([*common, "--calib-data", str(tmp_path / "grey.pt"), "--output", str(tmp_path / "g.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "holds inputs of 1x40x40" in err and "--input-shape" not in err, err

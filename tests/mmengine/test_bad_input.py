@@ -358,6 +358,10 @@ CASES = {
         '--config', i.config, '--calib-data', i.tensor('x64.pt', (8, 3, 64, 64)), policy=i.mm_policy(),
         checkpoint=i.mm_checkpoint()), 'holds inputs of 3x64x64 but the training data of --config',
         'gives inputs of 3x32x32; give inputs of that shape, or --input-shape 1,3,64,64'),
+    'export: calibration tensor of other channels than the config data': ('export', lambda i: i.export(
+        '--config', i.config, '--calib-data', i.tensor('x1.pt', (8, 1, 32, 32)), policy=i.mm_policy(),
+        checkpoint=i.mm_checkpoint()), 'holds inputs of 1x32x32 but the training data of --config',
+        'gives inputs of 3x32x32; give inputs of that shape'),
     # -- ssps report
     'report: out under a file': ('report', lambda i: [i.plain_policy(), '--out', i.text('r.txt', 'x') + '/report'],
                                  'r.txt is not a folder but a file', 'give a folder you can write to'),
