@@ -132,7 +132,8 @@ def main(argv=None, prog: str = PROG) -> int:
         # (ssps_nni.driver_config.driver_config); every hook of this run takes this object
         config = search_config(cfg)
         check_inputs(cfg)
-        check_resume(cfg, args, warn=lambda text: print(f'{prog}: warning: {text}', file=sys.stderr))
+        check_resume(cfg, args, warn=lambda text: print(f'{prog}: warning: {text}', file=sys.stderr),
+                     config=config)
         check_budget_reachable(cfg, config)
         build_hook(cfg, config)  # the hook's own options (calib_batches, ...), checked before the runner
         from ssps_nni.driver_config import shared
