@@ -44,6 +44,8 @@ be written, or another run holds it, ``ssps_nni.cli.lock``), 3 a diverged search
   A truncated or unreadable one (a kill during its save) is detected first: the newest readable
   ``epoch_N.pth`` / ``iter_N.pth`` before it is taken instead, with a warning, or the run is
   refused (exit 2) with a message naming the file (:func:`ssps_nni.cli.resume.resume_from`).
+  Another ``--budget`` or other ``--candidates`` than the checkpoint's search was searched with
+  are refused too (exit 2, :func:`ssps_nni.cli.resume.check_resume`).
 
 ``--method`` picks how the policy is found (the same ``WORK_DIR/policy.json`` either way, so
 ``ssps train --policy`` and ``ssps export`` take it unchanged):
