@@ -366,9 +366,12 @@ class SSPSSearch:
     # -- resume ------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """Everything but the model weights: logits, masks, sampler, decider, Adam, step."""
+        """Everything but the model weights: logits, masks, sampler, decider, Adam, step; and what it
+        is searched with (budget texts, candidates), which a resume checks (``searched_with_other``)."""
         self.require_prepared()
         return {
+            "budgets": [b.spec.strip() for b in self.config.budgets],
+            "candidates": {slot: list(self.space.candidates[slot]) for slot in SLOTS},
             "space": self.space.state_dict(),
             "decider": self.decider.state_dict(),
             "logits_optimizer": self.logits_optimizer.state_dict(),

@@ -22,6 +22,7 @@ properties computed from the fields. ``from ssps_nni.search import SearchConfig`
 """
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
@@ -51,11 +52,8 @@ def step_count(value, name: str) -> int:
 
 
 def resolve_steps(value, total: int, least: int = 0, name: str = "steps") -> int:
-    """A step count, or a float in (0, 1) read as that fraction of ``total`` steps (at least ``least``).
-
-    Raises:
-        ValueError: ``value`` is no number (the message names the option ``name``).
-    """
+    """A step count, or a float in (0, 1) read as that fraction of ``total`` steps (at least ``least``);
+    ValueError naming the option ``name`` for what is no number."""
     if isinstance(value, float) and 0 < value < 1:
         return max(int(round(value * total)), least)
     return step_count(value, name)
@@ -358,3 +356,45 @@ class SearchConfig:
             return float(self.logits_lr)
         return max(3e-3, float(self.logits_move) / max(int(self.total_steps) - int(self.warmup_steps), 1))
 
+
+
+def _candidates_text(w, a) -> str:
+    text = ",".join(str(int(v)) for v in w)
+    return text if tuple(w) == tuple(a) else f"{text} (weights), {','.join(str(int(v)) for v in a)} (activations)"
+
+
+def searched_with_other(state: Mapping, config: SearchConfig) -> str | None:
+    """What a saved search (``state``: :meth:`SSPSSearch.state_dict`, a checkpoint's ``'ssps'``)
+    was searched with that ``config`` changes, its budgets or candidates; None when neither differs.
+
+    A state saved before they were recorded (no ``'budgets'`` / ``'candidates'``): the numbers of
+    candidates are read from its logits' shapes, its budgets are not compared.
+    """
+    found = []
+    saved = state.get("budgets")
+    if saved is not None:
+        key = lambda budgets: sorted((b.cost, b.relative, b.value) for b in budgets)  # noqa: E731
+        try:
+            then = key(parse_budgets(list(saved)))
+        except BudgetError:
+            then = []
+        now = key(config.budgets)
+        same = len(then) == len(now) and all(a[:2] == b[:2] and (a[2] == b[2] or None not in (a[2], b[2])
+                                                                  and math.isclose(a[2], b[2], rel_tol=1e-9))
+                                             for a, b in zip(then, now))
+        if not same:
+            found.append(f"budget {','.join(str(s).strip() for s in saved)} (given now: {config.budget_spec})")
+    now = {"w": tuple(config.candidates), "a": tuple(config.activation_candidates)}
+    given = _candidates_text(now["w"], now["a"])
+    cands = state.get("candidates")
+    if cands is not None:
+        then = {slot: tuple(int(v) for v in cands[slot]) for slot in ("w", "a")}
+        if then != now:
+            found.append(f"candidates {_candidates_text(then['w'], then['a'])} (given now: {given})")
+        return "; ".join(found) or None
+    logits = ((state.get("space") or {}).get("sampler") or {}).get("logits") or {}
+    widths = {slot: int(logits[slot].shape[-1]) for slot in ("w", "a") if slot in logits}
+    if any(widths[slot] != len(now[slot]) for slot in widths):
+        then = " and ".join(f"{widths[s]} {'weight' if s == 'w' else 'activation'}" for s in widths)
+        found.append(f"{then} candidates (given now: {given})")
+    return "; ".join(found) or None

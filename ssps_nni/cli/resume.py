@@ -97,7 +97,7 @@ def resume_from(work_dir: str, warn=None, what: str = 'search') -> str:
                      f'checkpoint of this {what}, or leave out --resume to start a new {what}')
 
 
-def check_resume(cfg, args, warn=None, what: str = 'search') -> None:
+def check_resume(cfg, args, warn=None, what: str = 'search', config=None) -> None:
     """``--resume`` has a whole checkpoint to continue from (``load_from`` or the work dir's latest).
 
     With ``--resume`` and no ``--load-from``, ``cfg.load_from`` is set to the checkpoint of
@@ -106,9 +106,13 @@ def check_resume(cfg, args, warn=None, what: str = 'search') -> None:
 
     ``what``: the run, in the messages; any other than ``'search'`` (``ssps train``) skips the
     check for the SSPS search state (the caller checks its own kind of checkpoint).
+    ``config``: the search's :class:`~ssps_nni.search_config.SearchConfig`; when given, the
+    checkpoint's search must have been searched with its budgets and candidates
+    (:func:`~ssps_nni.search_config.searched_with_other`; the checkpoint is read once).
 
     Raises:
-        InputError: no checkpoint to resume from, or none that is whole (names the file).
+        InputError: no checkpoint to resume from, or none that is whole (names the file); no search
+            state in it; another budget or other candidates than the checkpoint's search.
     """
     if not args.resume:
         return
@@ -119,14 +123,23 @@ def check_resume(cfg, args, warn=None, what: str = 'search') -> None:
         problem = resume_problem(cfg.load_from)
         if problem:
             raise InputError(f'--resume --load-from: {problem}; give a whole checkpoint of this {what}')
-    if what == 'search' and getattr(args, 'method', 'ssps') == 'ssps' and not has_search_state(cfg.load_from):
+    if what != 'search' or getattr(args, 'method', 'ssps') != 'ssps':
+        return
+    state = search_state(cfg.load_from)
+    if state is None:
         raise InputError(f'--resume: {cfg.load_from} holds no SSPS search state (a retraining or FP32 '
                          'checkpoint, e.g. of ssps train in the same work dir); resume from a checkpoint of '
                          'this search (--load-from PTH), or start a new search without --resume')
+    from ssps_nni.search_config import searched_with_other
+
+    other = None if config is None else searched_with_other(state, config)
+    if other is not None:
+        raise InputError(f'--resume: {cfg.load_from} was searched with {other}; give the --budget and '
+                         '--candidates it was searched with to resume it, or a new --work-dir to start a new search')
 
 
-def has_search_state(path) -> bool:
-    """Whether the mmengine checkpoint ``path`` holds ``checkpoint['ssps']`` (what ``SSPSHook`` saves).
+def search_state(path) -> dict | None:
+    """``checkpoint['ssps']`` of the mmengine checkpoint ``path`` (what ``SSPSHook`` saves), or None.
 
     The tensors are memory-mapped, not read (zip checkpoints), so this costs little even for a
     large model; a legacy (non-zip) checkpoint is read whole.
@@ -135,4 +148,5 @@ def has_search_state(path) -> bool:
 
     kwargs = {'mmap': True} if zipfile.is_zipfile(path) else {}
     checkpoint = torch.load(path, map_location='cpu', weights_only=False, **kwargs)
-    return isinstance(checkpoint, dict) and checkpoint.get('ssps') is not None
+    state = checkpoint.get('ssps') if isinstance(checkpoint, dict) else None
+    return state if isinstance(state, dict) else None

@@ -44,6 +44,8 @@ be written, or another run holds it, ``ssps_nni.cli.lock``), 3 a diverged search
   A truncated or unreadable one (a kill during its save) is detected first: the newest readable
   ``epoch_N.pth`` / ``iter_N.pth`` before it is taken instead, with a warning, or the run is
   refused (exit 2) with a message naming the file (:func:`ssps_nni.cli.resume.resume_from`).
+  Another ``--budget`` or other ``--candidates`` than the checkpoint's search was searched with
+  are refused too (exit 2, :func:`ssps_nni.cli.resume.check_resume`).
 
 ``--method`` picks how the policy is found (the same ``WORK_DIR/policy.json`` either way, so
 ``ssps train --policy`` and ``ssps export`` take it unchanged):
@@ -132,8 +134,9 @@ def main(argv=None, prog: str = PROG) -> int:
         # (ssps_nni.driver_config.driver_config); every hook of this run takes this object
         config = search_config(cfg)
         check_inputs(cfg)
-        check_resume(cfg, args, warn=lambda text: print(f'{prog}: warning: {text}', file=sys.stderr))
-        check_budget_reachable(cfg, config, warn=lambda text: print(f'{prog}: warning: {text}', file=sys.stderr))
+        warn = lambda text: print(f'{prog}: warning: {text}', file=sys.stderr)  # noqa: E731
+        check_resume(cfg, args, warn=warn, config=config)
+        check_budget_reachable(cfg, config, warn=warn)
         build_hook(cfg, config)  # the hook's own options (calib_batches, ...), checked before the runner
         from ssps_nni.driver_config import shared
 

@@ -56,7 +56,7 @@ from ..errors import SSPSError
 from ..calibration_data import calibration_loader, forward_fn, preserved_rng
 from ..policy import PARTIAL_POLICY_JSON, POLICY_JSON
 from ..search import SSPSSearch
-from ..search_config import DEFAULT_BUDGET, SearchConfig
+from ..search_config import DEFAULT_BUDGET, SearchConfig, searched_with_other
 from ..search_outputs import divergence_hint, move_earlier_policy, task_loss, write_policy_files
 from .loops import late_stop, stop_training
 from .optim import add_param_group, find_optim_wrapper, loss_scale, reduce_logit_grads
@@ -178,6 +178,11 @@ class SSPSHook(Hook):
         state = checkpoint.get('ssps')
         if state is None or self.search is None:
             return  # a full-precision checkpoint: nothing to restore
+        other = searched_with_other(state, self.search.config)
+        if other is not None:
+            raise SSPSError(f'SSPSHook: the checkpoint\'s search was searched with {other}; give this hook the '
+                            'budget and candidates of that search to resume it, or start a new search in another '
+                            'work dir without resume')
         self.search.space.load_state_dict(state['space'])
         self._pending = state
 
