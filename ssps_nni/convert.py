@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .cell import CELL_TYPES, QuantCellMixin, QuantConv2d, QuantLinear
-from .errors import CandidateError, NoQuantizableLayersError
+from .errors import CandidateError, NoQuantizableLayersError, SSPSError
 from .quant import check_bits
 from .sampler import SLOTS, PathSampler
 
@@ -270,8 +270,14 @@ class SearchSpace:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if list(state["searched"]) != self.searched:
-            raise ValueError("the saved search state is for other layers than this search space")
+        """Restore :meth:`state_dict`. Raises SSPSError (a ValueError): a state of other searched layers."""
+        saved = list(state["searched"])
+        if saved != self.searched:
+            gone, new = [n for n in saved if n not in self.searched], [n for n in self.searched if n not in saved]
+            raise SSPSError(f"the saved search state is for other layers than this search space ({len(saved)} "
+                            f"searched then, {len(self.searched)} now; only then: {gone[:3]}, only now: {new[:3]}"
+                            f"{', or another order' if not (gone or new) else ''}); resume with the include, "
+                            "exclude and pinned of the saved search, or start a new search")
         self.sampler.load_state_dict(state["sampler"])
         for slot in SLOTS:
             for l, row in enumerate(state["masks"][slot]):

@@ -98,3 +98,19 @@ def test_the_hook_refuses_a_checkpoint_of_other_candidates(work, tiny_config, le
     hook.search = SSPSSearch(build_model_from_cfg(Config.fromfile(str(tiny_config))), hook.search_config(16))
     with pytest.raises(SSPSError, match='SSPSHook: the checkpoint\'s search was searched with .*candidates'):
         hook.after_load_checkpoint(None, checkpoint)
+
+
+def test_resume_with_other_searched_layers_is_one_error_line(work, tiny_config, search_tool, capsys):
+    """Another ``exclude`` (so other searched layers): an SSPSError from the space, one error line, exit 2."""
+    state = torch.load(_checkpoint(work), map_location='cpu', weights_only=False)['ssps']
+    last = state['space']['searched'][-1]
+    policy = (work / POLICY_JSON).read_bytes()
+    capsys.readouterr()
+    code = search_tool.main([str(tiny_config), '--work-dir', str(work), '--resume', *EPOCHS,
+                             f'custom_hooks.0.exclude={last}'])
+    err = capsys.readouterr().err
+    assert code == 2 and 'Traceback' not in err, err
+    lines = [line for line in err.splitlines() if line.startswith('ssps search: error:')]
+    assert len(lines) == 1 and 'other layers than this search space' in lines[0], err
+    assert f"only then: ['{last}']" in lines[0] and 'resume with the include, exclude and pinned' in lines[0], err
+    assert (work / POLICY_JSON).read_bytes() == policy
