@@ -78,8 +78,6 @@ def check_cost_options(options) -> None:
                              f"{COST_OPTIONS_FORM}); got a {type(value).__name__}: {str(value)[:80]!r}")
 
 
-
-
 class Checked:
     """A field checked once, as the dataclass's ``__init__`` sets it (a descriptor-typed field).
 

@@ -20,7 +20,7 @@ from ssps_nni.quant import (activation_candidate_scores, activation_qrange, quan
                             weight_candidate_scores)
 from ssps_nni.sampler import PathSampler
 from ssps_nni.search import SSPSSearch
-from tiny_models import HandNet, hand_input
+from tiny_models import HandNet, hand_input, search_steps
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 CONFIG = dict(budget="bitops=W4A4", candidates=(2, 4, 8), total_steps=8, warmup_steps=2, interval=2,
@@ -179,17 +179,7 @@ def _one_step_scores(device):
 def test_search_on_device_ends_in_budget_and_its_state_loads_on_cpu(device):
     model, search = _search(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    model.train()
-    for step in range(8):
-        search.begin_step(step)
-        x, y = _batch(step, device)
-        loss = F.cross_entropy(model(x), y)
-        extra, _ = search.loss_term(loss)
-        optimizer.zero_grad()
-        (loss + extra).backward()
-        optimizer.step()
-        search.step_logits()
-        search.end_step(step + 1)
+    search_steps(model, search, optimizer, range(8), lambda step: _batch(step, device))
     policy = search.finish()
     totals = policy.meta["totals"]["bitops"]
     assert policy.meta["final"] and totals["policy"] <= totals["target"]

@@ -14,7 +14,7 @@ from ssps_nni.errors import BudgetError, CandidateError, NoQuantizableLayersErro
 from ssps_nni.apply_policy import apply_policy
 from ssps_nni.policy import load_policy
 from ssps_nni.search import SearchConfig, SSPSSearch
-from tiny_models import HandNet, hand_input, tensors_equal
+from tiny_models import HandNet, hand_input, search_steps, tensors_equal
 
 CONFIG = dict(budget="bitops=W4A4", candidates=(2, 4, 8), total_steps=8, warmup_steps=2, interval=2,
               threshold=0.95, logits_lr=0.05, seed=3)
@@ -35,19 +35,7 @@ def new_search(config=None, calibrate=True):
 
 
 def train(model, search, optimizer, start: int, stop: int) -> list[list[str]]:
-    model.train()
-    fixed = []
-    for step in range(start, stop):
-        search.begin_step(step)
-        x, y = batch(step)
-        loss = F.cross_entropy(model(x), y)
-        extra, _ = search.loss_term(loss)
-        optimizer.zero_grad()
-        (loss + extra).backward()
-        optimizer.step()
-        search.step_logits()
-        fixed.append(search.end_step(step + 1))
-    return fixed
+    return search_steps(model, search, optimizer, range(start, stop), batch)
 
 
 def test_search_end_to_end(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -54,3 +55,21 @@ def tensors_equal(a, b) -> bool:
         return (isinstance(b, (list, tuple)) and len(a) == len(b)
                 and all(tensors_equal(x, y) for x, y in zip(a, b)))
     return a == b
+
+
+def search_steps(model, search, optimizer, steps, batch) -> list[list[str]]:
+    """SSPS steps as a trainer runs them (task loss + ``loss_term``, one backward, weight and logits
+    steps); ``batch(step) -> (x, y)``. Returns the decisions fixed at each step."""
+    model.train()
+    fixed = []
+    for step in steps:
+        search.begin_step(step)
+        x, y = batch(step)
+        loss = F.cross_entropy(model(x), y)
+        extra, _ = search.loss_term(loss)
+        optimizer.zero_grad()
+        (loss + extra).backward()
+        optimizer.step()
+        search.step_logits()
+        fixed.append(search.end_step(step + 1))
+    return fixed
