@@ -208,6 +208,17 @@ def check(record: dict, config) -> list[str]:
     return notes
 
 
+def cached_profile(cfg, config) -> dict:
+    """The layer-profile record of ``cfg`` (:func:`measure_profile`): from the cache, or measured
+    with the hook of the typed ``config`` and cached."""
+    key = profile_key(cfg, hook_options(cfg))
+    record = read_profile(key)
+    if record is None:
+        record = measure_profile(cfg, build_hook(cfg, config), key)
+        write_profile(record)
+    return record
+
+
 def check_budget_reachable(cfg, config=None, warn=None) -> None:
     """Refuse an unreachable budget before the runner, with the hook's own check (docs/algorithm.md §4).
 
@@ -226,11 +237,7 @@ def check_budget_reachable(cfg, config=None, warn=None) -> None:
     """
     if config is None:
         config = search_config(cfg)
-    key = profile_key(cfg, hook_options(cfg))
-    record = read_profile(key)
-    if record is None:
-        record = measure_profile(cfg, build_hook(cfg, config), key)
-        write_profile(record)
+    record = cached_profile(cfg, config)
     try:
         notes = check(record, config)
     except (SSPSError, ValueError, TypeError) as err:

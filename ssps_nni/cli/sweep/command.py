@@ -60,8 +60,8 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
     parser.add_argument('--metric', help='metric of the frontier (default accuracy/top1, else coco/bbox_mAP, ...)')
     parser.add_argument('--jobs', type=int, default=1, metavar='N',
                         help='runs at once, in worker processes (default 1: in this process)')
-    parser.add_argument('--device', help='passed to ssps train and ssps search as --device when they have it '
-                                         '(otherwise refused; mmengine uses the GPU when there is one)')
+    parser.add_argument('--device', help='passed to every ssps train and ssps search as --device (cuda '
+                                         'without a GPU is refused before any run)')
     parser.add_argument('--train-args', default='', metavar='"ARGS"', help='more options for every ssps train')
     parser.add_argument('--search-args', default='', metavar='"ARGS"', help='more options for every ssps search')
     parser.add_argument('--work-dir', help='output folder (default work_dirs/sweep_<config name>)')
@@ -70,19 +70,6 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override config entries of every run, e.g. train_dataloader.batch_size=64')
     return parser.parse_args(argv)
-
-
-def _accepts(module, option: str) -> bool:
-    """Whether ``ssps <module>`` parses ``option VALUE`` (its parser exits on an unknown option)."""
-    import contextlib
-    import io
-
-    try:
-        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-            module.parse_args([option, 'cpu'])
-    except SystemExit:
-        return False
-    return True
 
 
 #: Options of ssps train / ssps search that the sweep sets per run (refused in --train-args /
@@ -183,9 +170,6 @@ def resolve(args) -> dict:
     check_passed(train_cli, train_args, '--train-args')  # refused here, not by every run
     check_passed(search_cli, search_args, '--search-args')
     if args.device is not None:
-        if not (_accepts(train_cli, '--device') and _accepts(search_cli, '--device')):
-            raise InputError('--device: ssps train / ssps search of this version have no --device option; mmengine '
-                             'runs on the GPU when one is available (or pass options with --train-args/--search-args)')
         select_device(args)  # --device cuda without a GPU: refused here, not by every run
         train_args += ['--device', args.device]
         search_args += ['--device', args.device]
@@ -210,7 +194,7 @@ def resolve(args) -> dict:
     if not load_from:
         raise InputError('a sweep retrains every policy from one start: the config sets no load_from; give '
                          '--load-from PTH (a full-precision checkpoint of this model)')
-    costs, test_samples = profile_costs(cfg, config_obj, search_cli)
+    costs, test_samples = profile_costs(cfg, config_obj)
     budgets = B.resolve(items, rng, costs)
     from ..benchmark.budgets import file_sha1
 
@@ -243,12 +227,6 @@ def main(argv=None, prog: str = PROG) -> int:
     started = time.perf_counter()
     cwd = os.getcwd()
     try:
-        if args.budgets is not None or args.methods is not None:  # the cheap refusals first, before torch
-            check_numbers(args)
-            if args.methods is not None:
-                methods_of(args.methods)
-            from .budgets import parse_list
-            parse_list(args.budgets)
         for key in ('config', 'data_root', 'load_from', 'work_dir'):  # given from here, used from the repository
             if getattr(args, key):
                 setattr(args, key, os.path.abspath(getattr(args, key)))
