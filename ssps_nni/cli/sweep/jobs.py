@@ -74,7 +74,6 @@ def solve_run(folder: Path, config: str, options: list[str], seed: int, budget_a
     """The sensitivity policy at one budget from scores measured once (:func:`scores_run`)."""
     import torch
 
-    from ssps_nni.policy import load_policy
     from ssps_nni.sensitivity import sensitivity_policy
 
     from ..methods import write_policy
@@ -89,7 +88,7 @@ def solve_run(folder: Path, config: str, options: list[str], seed: int, budget_a
     scores = {s: torch.tensor(record[s], dtype=torch.float64) for s in ('w', 'a')}
     policy = sensitivity_policy(search, scores)
     write_policy(runner, policy, f'sensitivity (scores of {scores_path})', start)
-    totals = load_policy(folder / 'policy.json').meta['totals']
+    totals = policy.meta['totals']  # as written to policy.json
     first = next(iter(totals.values()))
     return {'policy': str(folder / 'policy.json'), 'cost_ratio': first['policy'] / first['target'],
             'search_s': time.perf_counter() - start}

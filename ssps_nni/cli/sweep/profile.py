@@ -6,6 +6,8 @@ the ones the searches will check.
 """
 from __future__ import annotations
 
+import functools
+
 
 def space_costs(record: dict, config) -> dict:
     """``{cost name: SpaceCost}`` for every cost a sweep can price (``budgets.SWEEP_COSTS``)."""
@@ -50,28 +52,26 @@ def test_size(cfg) -> int | None:
     return size
 
 
-def profile_costs(cfg, config, search_cli) -> tuple[dict, int | None]:
+def profile_costs(cfg, config) -> tuple[dict, int | None]:
     """``(space costs, test samples)`` of ``cfg`` with its typed search ``config``.
 
     Raises:
         InputError: an SSPS option the core refuses (from the profile check).
     """
-    from .. import cost_check
+    from ..cost_check import cached_profile
 
-    options = search_cli.hook_options(cfg)
-    key = cost_check.profile_key(cfg, options)
-    record = cost_check.read_profile(key)
-    if record is None:
-        record = cost_check.measure_profile(cfg, search_cli.build_hook(cfg, config), key)
-        cost_check.write_profile(record)
-    return space_costs(record, config), test_size(cfg)
+    return space_costs(cached_profile(cfg, config), config), test_size(cfg)
 
 
 def pricer(costs: dict):
-    """``priced(policy_path) -> {cost: value}``: a trained policy's bits priced in every cost model."""
+    """``priced(policy_path) -> {cost: value}``: a trained policy's bits priced in every cost model.
+
+    Each path is read and priced once: the frontier is rebuilt after every run, and a finished
+    run's ``qat_policy.json`` does not change during a sweep."""
     from ssps_nni.policy import load_policy
 
-    def priced(path: str) -> dict:
+    @functools.lru_cache(maxsize=None)
+    def price(path: str) -> dict:
         bits = load_policy(path).bits()
         out = {}
         for name, cost in costs.items():
@@ -80,5 +80,8 @@ def pricer(costs: dict):
             except Exception:  # noqa: BLE001  (a layer the profile does not price)
                 out[name] = None
         return out
+
+    def priced(path: str) -> dict:
+        return dict(price(str(path)))
 
     return priced
