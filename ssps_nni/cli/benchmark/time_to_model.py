@@ -21,9 +21,9 @@ Runs are cached under ``OUT/runs/ttm_*`` like every mmengine run of the benchmar
 """
 from __future__ import annotations
 
-import math
 import statistics
 
+from ..sweep.stats import paired_se
 from .budgets import uniform_options
 from .common import spread
 from .experiments import Experiments
@@ -67,8 +67,7 @@ def paired(runs: list[dict], reference: list[dict]) -> dict | None:
     diffs = [r['top1'] - ref[r['seed']] for r in runs if r.get('top1') is not None and r['seed'] in ref]
     if not diffs:
         return None
-    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
-    return {'mean': statistics.fmean(diffs), 'se': se, 'n': len(diffs)}
+    return {'mean': statistics.fmean(diffs), 'se': paired_se(diffs), 'n': len(diffs)}
 
 
 def summarize(budget: str, label: str, arm: str, runs: list[dict], target: float) -> dict:
