@@ -173,7 +173,7 @@ class SearchSpace:
 
     def masks(self, slot: str) -> torch.Tensor:
         """Bool ``(L, n)``: allowed candidates of every searched layer for ``slot``."""
-        return torch.stack([self.cell(l).mask(slot).cpu() for l in range(len(self.searched))])
+        return torch.stack([self.cell(l).host(slot + "_mask") for l in range(len(self.searched))])  # no device sync
 
     def probs(self, slot: str) -> torch.Tensor:
         """``(L, n)`` probabilities over allowed candidates, differentiable in the logits.
